@@ -1,0 +1,42 @@
+"""optcheck: guard model-compression budgets in pytest.
+
+The public assertions are imported on first use, so importing optcheck (as pytest does for every
+session, through the plugin entry point) costs no torch or modelopt import.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "assert_flops_below": "optcheck.assertions",
+    "assert_params_below": "optcheck.assertions",
+    "assert_accuracy_drop_under": "optcheck.assertions",
+    "assert_restore_roundtrip": "optcheck.assertions",
+    "assert_same_model": "optcheck.assertions",
+    "count_flops": "optcheck.measure",
+    "count_params": "optcheck.measure",
+    "load_recipe": "optcheck.recipe",
+    "RecipeError": "optcheck.errors",
+    "DatasetMissing": "optcheck.errors",
+}
+__all__ = sorted(_LAZY)
+
+if TYPE_CHECKING:
+    from .assertions import (assert_accuracy_drop_under, assert_flops_below, assert_params_below,
+                             assert_restore_roundtrip, assert_same_model)
+    from .errors import DatasetMissing, RecipeError
+    from .measure import count_flops, count_params
+    from .recipe import load_recipe
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'optcheck' has no attribute {name!r}")

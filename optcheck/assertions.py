@@ -1,0 +1,303 @@
+"""Public budget assertions, usable in any test without a recipe.
+
+Each raises ``AssertionError`` whose message names the budget, the measured value, the limit, the
+difference and a hint, and hides its own frames so the failure points at the caller's line.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .limits import check_limit, describe, parse_percent, resolve_limit
+from .measure import human
+
+Number = float | int
+
+
+def _fail(budget: str, rows: Sequence[tuple[str, str]], hint: str) -> NoReturn:
+    __tracebackhide__ = True
+    width = max(len(k) for k, _ in rows + [("hint", "")])
+    lines = [f"optcheck budget '{budget}' failed"]
+    lines += [f"  {k:<{width}} : {v}" for k, v in rows]
+    lines.append(f"  {'hint':<{width}} : {hint}")
+    raise AssertionError("\n".join(lines))
+
+
+def _reference_value(reference: Any, measure: Callable[[Any], Number]) -> float | None:
+    if reference is None:
+        return None
+    if isinstance(reference, (int, float)) and not isinstance(reference, bool):
+        return float(reference)
+    return float(measure(reference))
+
+
+def _check_below(budget: str, unit: str, measured: Number, limit: object, reference: float | None,
+                 hint: str) -> float:
+    __tracebackhide__ = True
+    try:
+        bound = resolve_limit(limit, reference, budget)
+    except ValueError as exc:
+        raise ValueError(f"{budget}: {exc}") from None
+    if measured <= bound:
+        return float(measured)
+    frac = parse_percent(limit)
+    limit_text = f"{human(bound, unit)} ({bound:,.0f})"
+    if frac is not None:
+        limit_text += f" = {describe(limit)} of reference {human(reference, unit)}"
+    rows = [("measured", f"{human(measured, unit)} ({measured:,.0f})"), ("limit", limit_text),
+            ("over by", f"{human(measured - bound, unit)} (+{(measured / bound - 1) * 100:.1f}% of the limit)")]
+    if reference:
+        rows.append(("vs reference", f"{measured / reference * 100:.1f}% of {human(reference, unit)}"))
+    _fail(budget, rows, hint)
+
+
+def assert_flops_below(model: Any, limit: object, *, dummy_input: Any, reference: Any = None) -> float:
+    """Fail unless ``model``'s inference FLOPs (Model Optimizer's convention) are <= ``limit``.
+
+    ``limit`` is a number, or ``"N%"`` of ``reference`` (a model, counted on the same
+    ``dummy_input``, or a FLOPs number). Returns the measured FLOPs.
+    """
+    __tracebackhide__ = True
+    from .measure import count_flops
+
+    check_limit(limit)
+    ref = _reference_value(reference, lambda m: count_flops(m, dummy_input))
+    return _check_below("flops_below", " FLOPs", count_flops(model, dummy_input), limit, ref,
+                        "prune harder (lower the FastNAS 'flops' target or the channel divisor), "
+                        "or check that the model given is the pruned subnet and not the baseline")
+
+
+def assert_params_below(model: Any, limit: object, *, reference: Any = None) -> float:
+    """Fail unless ``model`` has at most ``limit`` parameters (a number or ``"N%"`` of
+    ``reference``, a model or a number). Returns the measured count."""
+    __tracebackhide__ = True
+    from .measure import count_params
+
+    check_limit(limit)
+    ref = _reference_value(reference, count_params)
+    return _check_below("params_below", " params", count_params(model), limit, ref,
+                        "prune harder (a lower FastNAS target), or check that the model given is "
+                        "the pruned subnet and not the baseline")
+
+
+def _accuracy(subject: Any, data: Any, role: str) -> tuple[float, int | None]:
+    __tracebackhide__ = True
+    if isinstance(subject, (int, float)) and not isinstance(subject, bool):
+        if not 0 <= subject <= 1:
+            raise ValueError(f"{role} accuracy {subject!r} must be a fraction in [0, 1]")
+        return float(subject), None
+    if data is None:
+        raise ValueError(f"{role} is a model: pass data=<DataLoader or (inputs, labels)> to measure it")
+    from .training import evaluate
+
+    device = next((p.device for p in subject.parameters()), "cpu")
+    return evaluate(subject, _as_loader(data), device)
+
+
+def _as_loader(data: Any):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    if isinstance(data, DataLoader):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return DataLoader(TensorDataset(data[0], data[1]), batch_size=512)
+    raise TypeError("data must be a DataLoader or an (inputs, labels) pair of tensors")
+
+
+def _pct(acc: float, n: int | None) -> str:
+    return f"{acc * 100:.2f}%" + (f" (n={n}, {round(acc * n)} correct)" if n else " (given)")
+
+
+def assert_accuracy_drop_under(baseline: Any, candidate: Any, data: Any, max_drop: float) -> float:
+    """Fail when ``baseline`` accuracy minus ``candidate`` accuracy exceeds ``max_drop``.
+
+    ``baseline`` and ``candidate`` are each a model or an accuracy in [0, 1]; models are evaluated
+    on ``data`` (a DataLoader or an ``(inputs, labels)`` pair). ``max_drop`` is a fraction:
+    0.01 = 1 percentage point. Returns the measured drop.
+    """
+    __tracebackhide__ = True
+    if not 0 <= max_drop <= 1:
+        raise ValueError(f"max_drop {max_drop!r} must be a fraction in [0, 1] (0.01 = 1 percentage point)")
+    base, base_n = _accuracy(baseline, data, "baseline")
+    cand, cand_n = _accuracy(candidate, data, "candidate")
+    drop = base - cand
+    if drop <= max_drop + 1e-12:
+        return drop
+    _fail("accuracy_drop_under", [
+        ("baseline", _pct(base, base_n)),
+        ("candidate", _pct(cand, cand_n)),
+        ("drop", f"{drop * 100:.2f} pp > allowed {max_drop * 100:.2f} pp "
+                 f"(over by {(drop - max_drop) * 100:.2f} pp)"),
+    ], "fine-tune longer or at a better learning rate, or relax the compression target; "
+       "a drop far above the budget before fine-tuning means the target is too aggressive")
+
+
+# -- save / restore ------------------------------------------------------------------------------
+
+def _modelopt_modes(model: Any) -> list[str]:
+    from .compat import import_modelopt
+
+    _, mto, _ = import_modelopt()
+    return [mode for mode, _ in mto.modelopt_state(model).get("modelopt_state_dict", [])]
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
+    """Where two nested structures (dicts, lists, tensors, scalars) first differ, or None."""
+    import torch
+
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        same = (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+                and torch.equal(a.cpu(), b.cpu()))
+        return None if same else path or "<root>"
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        if set(a) != set(b):
+            extra = sorted(map(str, set(a) ^ set(b)))[:3]
+            return f"{path or '<root>'} (keys differ: {', '.join(extra)})"
+        for k in a:
+            d = _first_difference(a[k], b[k], f"{path}.{k}" if path else str(k))
+            if d:
+                return d
+        return None
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return f"{path or '<root>'} (length {len(a)} vs {len(b)})"
+        for i, (x, y) in enumerate(zip(a, b)):
+            d = _first_difference(x, y, f"{path}[{i}]")
+            if d:
+                return d
+        return None
+    return None if a == b else f"{path or '<root>'} ({a!r} vs {b!r})"
+
+
+def _architecture(model: Any) -> list[tuple[str, str, tuple]]:
+    rows = [(n, type(m).__name__, ()) for n, m in model.named_modules()]
+    rows += [(n, "param", tuple(p.shape)) for n, p in model.named_parameters()]
+    return rows
+
+
+def model_differences(expected: Any, actual: Any, *, example_input: Any, atol: float = 0.0,
+                      rtol: float = 0.0) -> list[tuple[str, str]]:
+    """Compare architecture, state dict, ``mto.modelopt_state`` and eval-mode outputs.
+
+    Returns ``(aspect, description)`` rows for every aspect that differs; empty when they match.
+    """
+    import torch
+
+    from .compat import import_modelopt
+
+    _, mto, _ = import_modelopt()
+    problems: list[tuple[str, str]] = []
+    arch_a, arch_b = _architecture(expected), _architecture(actual)
+    if arch_a != arch_b:
+        diff = next(((a, b) for a, b in zip(arch_a, arch_b) if a != b), None)
+        where = (f"{diff[0][0] or '<root>'}: {diff[0][1]}{list(diff[0][2]) or ''} vs "
+                 f"{diff[1][0] or '<root>'}: {diff[1][1]}{list(diff[1][2]) or ''}" if diff
+                 else f"{len(arch_a)} vs {len(arch_b)} modules/parameters")
+        problems.append(("architecture", where))
+    sd_a, sd_b = expected.state_dict(), actual.state_dict()
+    if set(sd_a) != set(sd_b):
+        only = sorted(set(sd_a) ^ set(sd_b))
+        problems.append(("state_dict", f"keys differ: {len(only)} (e.g. {', '.join(only[:3])})"))
+    else:
+        bad, worst, worst_key = 0, 0.0, ""
+        for k, ta in sd_a.items():
+            tb = sd_b[k].to(ta.device)
+            if ta.shape != tb.shape:
+                bad += 1
+                worst_key = worst_key or f"{k} shape {list(ta.shape)} vs {list(tb.shape)}"
+                continue
+            if ta.is_floating_point():
+                close = torch.allclose(ta, tb, atol=atol, rtol=rtol) if (atol or rtol) else torch.equal(ta, tb)
+                delta = (ta - tb).abs().max().item() if ta.numel() else 0.0
+            else:
+                close, delta = torch.equal(ta, tb), float(not torch.equal(ta, tb))
+            if not close:
+                bad += 1
+                if delta >= worst:
+                    worst, worst_key = delta, k
+        if bad:
+            problems.append(("state_dict", f"{bad} of {len(sd_a)} tensors differ; largest |diff| "
+                                            f"{worst:.3g} at {worst_key} (atol={atol}, rtol={rtol})"))
+    where = _first_difference(mto.modelopt_state(expected), mto.modelopt_state(actual))
+    if where:
+        problems.append(("modelopt_state", f"differs at {where}"))
+    if not any(a == "architecture" for a, _ in problems):
+        args = example_input if isinstance(example_input, tuple) else (example_input,)
+        outs = []
+        for m in (expected, actual):
+            was = m.training
+            m.eval()
+            with torch.no_grad():
+                outs.append(m(*args))
+            m.train(was)
+        out_b = outs[1].to(outs[0].device)
+        same = torch.allclose(outs[0], out_b, atol=atol, rtol=rtol) if (atol or rtol) else torch.equal(outs[0], out_b)
+        if not same:
+            problems.append(("outputs", f"eval-mode outputs differ: max |diff| "
+                                        f"{(outs[0] - out_b).abs().max().item():.3g} (atol={atol}, rtol={rtol})"))
+    return problems
+
+
+def _roundtrip_hint(problems: list[tuple[str, str]], expected_modes: list[str],
+                    actual_modes: list[str]) -> str:
+    aspects = {a for a, _ in problems}
+    if expected_modes and actual_modes != expected_modes:
+        return (f"this model was pruned ({', '.join(expected_modes)}): restore it with mto.restore, "
+                "not load_state_dict; a plain state dict cannot rebuild the subnet's architecture")
+    if "architecture" in aspects:
+        return "make_model() must build the same model that was compressed, before any compression"
+    if aspects == {"outputs"}:
+        return "weights match but outputs do not: look for state kept outside the state dict"
+    return ("the weights changed between save and restore: look for code that touches the model "
+            "after mto.restore (re-initialisation, a second load, training in eval checks)")
+
+
+def assert_same_model(expected: Any, actual: Any, *, example_input: Any, atol: float = 0.0,
+                      rtol: float = 0.0, budget: str = "restore_roundtrip") -> None:
+    """Fail unless ``actual`` reproduces ``expected``: architecture, state dict, modelopt_state and
+    eval-mode outputs (exact by default)."""
+    __tracebackhide__ = True
+    problems = model_differences(expected, actual, example_input=example_input, atol=atol, rtol=rtol)
+    if problems:
+        _fail(budget, problems, _roundtrip_hint(problems, _modelopt_modes(expected), _modelopt_modes(actual)))
+
+
+def mto_restore(model: Any, path: str | Path) -> Any:
+    from .compat import import_modelopt
+
+    _, mto, _ = import_modelopt()
+    return mto.restore(model, path)
+
+
+def assert_restore_roundtrip(model: Any, make_model: Callable[[], Any], *, example_input: Any,
+                             atol: float = 0.0, rtol: float = 0.0,
+                             restore: Callable[[Any, Path], Any] = mto_restore) -> Any:
+    """Save ``model`` with ``mto.save``, restore it into ``make_model()`` and compare the two.
+
+    Compares the architecture (module types and parameter shapes), the state dict,
+    ``mto.modelopt_state`` and eval-mode outputs on ``example_input`` (exact unless ``atol`` /
+    ``rtol``). ``restore(fresh_model, path)`` is ``mto.restore`` unless you test your own restore
+    code. Returns the restored model.
+    """
+    __tracebackhide__ = True
+    from .compat import import_modelopt
+
+    _, mto, _ = import_modelopt()
+    with tempfile.TemporaryDirectory(prefix="optcheck-roundtrip-") as tmp:
+        path = Path(tmp) / "model.pth"
+        mto.save(model, path)
+        try:
+            restored = restore(make_model(), path)
+        except Exception as exc:  # noqa: BLE001 - any failure to restore is the finding
+            modes = _modelopt_modes(model)
+            _fail("restore_roundtrip", [("restore", f"raised {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")],
+                  _roundtrip_hint([("architecture", "")], modes, []) if modes else
+                  "make_model() must build the same model that was saved")
+    device = next((p.device for p in model.parameters()), None)
+    if device is not None:
+        restored = restored.to(device)
+    assert_same_model(model, restored, example_input=example_input, atol=atol, rtol=rtol)
+    return restored

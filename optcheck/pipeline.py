@@ -1,0 +1,167 @@
+"""``RecipeRun``: builds each stage of one recipe at most once, in dependency order.
+
+The stages themselves are plain functions (``stages.py``); this module only decides what runs when,
+remembers artifacts (and failures, so a broken stage is not retried by every budget), and checks
+before anything trains that the recipe's FastNAS target is reachable.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import Problem, RecipeError
+from .recipe import FastNASStep, Recipe
+
+STAGES = ("baseline", "pruned", "restored", "finetuned")
+_NEEDS = {"pruned": "baseline", "restored": "pruned", "finetuned": "restored"}
+
+
+class StageFailed(Exception):
+    """A stage this one depends on raised earlier in the session."""
+
+
+class RecipeRun:
+    def __init__(self, recipe: Recipe, *, device: str = "auto", seed: int = 0,
+                 workdir: Callable[[], Path] | None = None, log: Callable[[str], None] = lambda _m: None):
+        self.recipe = recipe
+        self.device_name = device
+        self.seed = seed
+        self._workdir = workdir or (lambda: Path(tempfile.mkdtemp(prefix=f"optcheck-{recipe.name}-")))
+        self.log = log
+        self.artifacts: dict[str, Any] = {}
+        self._errors: dict[str, BaseException] = {}
+        self._ctx = None
+        self.bounds: dict[str, float] | None = None
+
+    @property
+    def path(self) -> str:
+        return str(self.recipe.path)
+
+    # -- context -------------------------------------------------------------------------------
+    @property
+    def ctx(self):
+        """The stage context; building it loads the data (``DatasetMissing`` if absent)."""
+        if self._ctx is None:
+            from .data import build_data
+            from .stages import Context
+            from .training import resolve_device
+
+            base = self.recipe.path.parent if self.recipe.path else None
+            data = build_data(self.recipe.data, self.seed, base, self.path)
+            self._ctx = Context(self.recipe, data, resolve_device(self.device_name), self.seed,
+                                self._workdir(), self.log)
+        return self._ctx
+
+    def available_stages(self) -> list[str]:
+        kinds = [s.kind for s in self.recipe.steps]
+        return ["baseline"] + (["pruned", "restored"] if "fastnas" in kinds else []) + (
+            ["finetuned"] if "finetune" in kinds else [])
+
+    def final_stage(self) -> str:
+        """The compressed model the budgets judge: fine-tuned if there is a fine-tune step."""
+        return self.available_stages()[-1]
+
+    # -- preflight -------------------------------------------------------------------------------
+    def preflight(self) -> None:
+        """Load data, build the model and check the FastNAS target, before anything trains.
+
+        Raises ``DatasetMissing`` (skip) or ``RecipeError`` (collection error).
+        """
+        ctx = self.ctx
+        ctx.make_model()
+        step = self.recipe.step("fastnas")
+        if step is not None and self.bounds is None:
+            self.bounds = check_fastnas_target(ctx, step, self.path)
+
+    # -- stages ------------------------------------------------------------------------------------
+    def artifact(self, stage: str):
+        if stage not in STAGES:
+            raise KeyError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+        if stage not in self.available_stages():
+            kind = "finetune" if stage == "finetuned" else "fastnas"
+            raise RecipeError(self.path, [Problem("steps", f"the recipe has no '{kind}' step, so there is no {stage} model",
+                                                  fix=f"add a [[steps]] table with kind = '{kind}'")])
+        if stage in self.artifacts:
+            return self.artifacts[stage]
+        if stage in self._errors:
+            raise StageFailed(f"stage '{stage}' of {self.path} failed earlier in this session: "
+                              f"{type(self._errors[stage]).__name__}: {self._errors[stage]}") from self._errors[stage]
+        parent = self.artifact(_NEEDS[stage]) if stage in _NEEDS else None
+        try:
+            self.artifacts[stage] = self._build(stage, parent)
+        except BaseException as exc:
+            self._errors[stage] = exc
+            raise
+        return self.artifacts[stage]
+
+    def _build(self, stage: str, parent):
+        from . import stages
+
+        self.preflight()
+        ctx = self.ctx
+        self.log(f"{self.recipe.name}: building {stage}")
+        if stage == "baseline":
+            return stages.train_baseline(ctx)
+        if stage == "pruned":
+            return stages.fastnas_prune(ctx, parent, self.recipe.step("fastnas"))
+        if stage == "restored":
+            return stages.restore(ctx, parent)
+        return stages.finetune(ctx, parent, self.recipe.step("finetune"))
+
+
+def search_space_bounds(ctx, step: FastNASStep, divisor: int | None = None) -> dict[str, float]:
+    """FLOPs and params of the smallest and the full subnet of the FastNAS search space."""
+    from .compat import import_modelopt
+    from .measure import count_flops, count_params
+    from .stages import fastnas_config
+
+    mtn, _, _ = import_modelopt()
+    if divisor is not None:
+        step = step.model_copy(update={"channel_divisor": divisor, "feature_divisor": divisor})
+    model = mtn.convert(ctx.make_model(), mode=[("fastnas", fastnas_config(step))])
+    out: dict[str, float] = {}
+    for which, pick in (("min", min), ("max", max)):
+        mtn.sample(model, pick)
+        out[f"{which}_flops"] = float(count_flops(model, ctx.dummy_input()))
+        out[f"{which}_params"] = float(_active_params(model, ctx.dummy_input()))
+    return out
+
+
+def _active_params(model, dummy_input) -> int:
+    """Parameters of the active subnet of a converted model (dynamic modules slice their weights)."""
+    from modelopt.torch.utils.network import param_num_from_forward
+
+    return int(param_num_from_forward(model, args=dummy_input, unit=1.0))
+
+
+def check_fastnas_target(ctx, step: FastNASStep, path: str) -> dict[str, float]:
+    """Raise ``RecipeError`` if no subnet of the search space meets the step's constraint."""
+    from .limits import parse_percent
+    from .measure import human
+
+    bounds = search_space_bounds(ctx, step)
+    name, limit = step.constraint
+    lo, hi = bounds[f"min_{name}"], bounds[f"max_{name}"]
+    frac = parse_percent(limit)
+    target = frac * hi if frac is not None else float(limit)
+    if target >= lo:
+        return bounds
+    index = next(i for i, s in enumerate(ctx.recipe.steps) if s.kind == "fastnas")
+    unit = " FLOPs" if name == "flops" else " params"
+    smaller = step.channel_divisor // 2
+    hint = ""
+    if smaller >= 1 and smaller != step.channel_divisor:
+        finer = search_space_bounds(ctx, step, smaller)[f"min_{name}"]
+        hint = (f"; with channel_divisor = feature_divisor = {smaller} the smallest subnet has "
+                f"{human(finer, unit)} ({finer / hi * 100:.0f}%)")
+    raise RecipeError(path, [Problem(
+        f"steps[{index}].{name}",
+        f"target {limit!r} = {human(target, unit)} is unreachable: the smallest subnet of this search "
+        f"space (channel_divisor={step.channel_divisor}, feature_divisor={step.feature_divisor}) "
+        f"has {human(lo, unit)} ({lo / hi * 100:.0f}% of the full model's {human(hi, unit)})",
+        f">= {human(lo, unit)} (>= {lo / hi * 100:.0f}%)",
+        f"raise steps[{index}].{name} to at least {lo / hi * 100:.0f}%, or lower the divisors{hint}",
+    )])

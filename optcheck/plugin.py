@@ -1,0 +1,188 @@
+"""The pytest plugin: options, markers, recipe collection, fixtures and the results summary.
+
+Wiring only; every hook hands off to a module that does the work. Nothing here imports torch or
+modelopt at load time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .session import STATE_KEY, OptcheckState, get_state, make_basetemp
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("optcheck", "compression budgets (optcheck)")
+    group.addoption("--optcheck", action="store_true", default=False,
+                    help="run optcheck recipes and enable the recipe-driven fixtures")
+    group.addoption("--optcheck-recipes", action="append", default=None, metavar="PATH",
+                    help="recipe file or folder (repeatable); replaces the optcheck_recipes ini value")
+    group.addoption("--optcheck-device", choices=("auto", "cpu", "cuda"), default=None,
+                    help="device for training and evaluation (default: ini optcheck_device, else auto)")
+    group.addoption("--optcheck-seed", type=int, default=None, metavar="N",
+                    help="seed for every recipe, overriding the recipe's own (default: ini optcheck_seed)")
+    parser.addini("optcheck_recipes", "recipe files or folders, relative to the rootdir",
+                  type="paths", default=[])
+    parser.addini("optcheck_device", "auto, cpu or cuda", default="auto")
+    parser.addini("optcheck_seed", "seed for recipes that set none", default="0")
+
+
+def _recipe_roots(config: pytest.Config) -> list[Path]:
+    given = config.getoption("optcheck_recipes")
+    if given:
+        return [Path(p) if Path(p).is_absolute() else config.invocation_params.dir / p for p in given]
+    return [Path(p) for p in config.getini("optcheck_recipes")] or [config.rootpath / "recipes"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "optcheck_recipe(path): the recipe the optcheck fixtures of this test use")
+    device = config.getoption("optcheck_device") or config.getini("optcheck_device")
+    if device not in ("auto", "cpu", "cuda"):
+        raise pytest.UsageError(f"optcheck_device = {device!r} in the ini file: use auto, cpu or cuda")
+    try:
+        default_seed = int(config.getini("optcheck_seed"))
+    except ValueError:
+        raise pytest.UsageError(f"optcheck_seed = {config.getini('optcheck_seed')!r} in the ini file: use an integer") from None
+    state = OptcheckState(enabled=config.getoption("optcheck"), device=device,
+                          seed=config.getoption("optcheck_seed"), default_seed=default_seed,
+                          basetemp=make_basetemp(config), log=_progress_logger(config))
+    config.stash[STATE_KEY] = state
+    roots = [r.resolve() for r in _recipe_roots(config)]
+    config.stash[_ROOTS] = roots
+    # `--optcheck-recipes PATH`, or `--optcheck` with no paths on the command line: collect the
+    # recipes as well as whatever else pytest collects.
+    explicit = config.args_source == pytest.Config.ArgsSource.ARGS
+    if state.enabled and (config.getoption("optcheck_recipes") or not explicit):
+        for root in roots:
+            if root.exists() and not any(_inside(root, Path(a).resolve()) for a in _arg_paths(config)):
+                config.args.append(str(root))
+
+
+_ROOTS = pytest.StashKey[list]()
+
+
+def _arg_paths(config: pytest.Config) -> list[str]:
+    return [a.split("::")[0] for a in config.args]
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _progress_logger(config: pytest.Config):
+    def log(message: str) -> None:
+        if config.get_verbosity() < 0:
+            return
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        if reporter is None:
+            return
+        if capture is not None:
+            with capture.global_and_fixture_disabled():
+                reporter.write_line(f"[optcheck] {message}")
+        else:
+            reporter.write_line(f"[optcheck] {message}")
+
+    return log
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector):
+    if file_path.suffix != ".toml":
+        return None
+    resolved = file_path.resolve()
+    if any(_inside(resolved, root) for root in parent.config.stash.get(_ROOTS, [])):
+        from .items import RecipeFile
+
+        return RecipeFile.from_parent(parent, path=file_path)
+    return None
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    state = config.stash.get(STATE_KEY, None)
+    if state is None or not any(run.artifacts for run in state.runs.values()):
+        return
+    from .report import results_table
+
+    terminalreporter.section("optcheck results")
+    for run in state.runs.values():
+        if run.artifacts:
+            metrics = {stage: art.metrics.as_dict() for stage, art in run.artifacts.items()}
+            for line in results_table(f"{run.recipe.name} ({run.path}, seed {run.seed})", metrics):
+                terminalreporter.write_line(line)
+            terminalreporter.write_line("")
+
+
+# -- fixtures --------------------------------------------------------------------------------------
+
+def _marked_recipe(request: pytest.FixtureRequest):
+    from .errors import RecipeError
+    from .recipe import load_recipe
+
+    marker = request.node.get_closest_marker("optcheck_recipe")
+    if marker is None or not marker.args:
+        pytest.fail("optcheck fixtures need a recipe: mark the test with "
+                    "@pytest.mark.optcheck_recipe('recipes/<name>.toml')", pytrace=False)
+    path = Path(marker.args[0])
+    if not path.is_absolute():
+        candidates = [request.config.rootpath / path, request.path.parent / path]
+        path = next((c for c in candidates if c.exists()), candidates[0])
+    try:
+        return load_recipe(path)
+    except RecipeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def _artifact(request: pytest.FixtureRequest, stage: str):
+    from .errors import DatasetMissing, RecipeError
+
+    state = get_state(request.config)
+    if not state.enabled:
+        pytest.skip("optcheck fixtures run only with --optcheck")
+    run = state.run_for(_marked_recipe(request))
+    try:
+        return run.artifact(stage)
+    except DatasetMissing as exc:
+        pytest.skip(str(exc))
+    except RecipeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture
+def optcheck_recipe(request: pytest.FixtureRequest):
+    """The validated recipe named by the test's ``optcheck_recipe`` marker."""
+    return _marked_recipe(request)
+
+
+@pytest.fixture
+def optcheck_run(request: pytest.FixtureRequest):
+    """The session's ``RecipeRun`` for the marked recipe (its ``ctx`` has the data loaders)."""
+    state = get_state(request.config)
+    if not state.enabled:
+        pytest.skip("optcheck fixtures run only with --optcheck")
+    return state.run_for(_marked_recipe(request))
+
+
+@pytest.fixture
+def trained_baseline(request: pytest.FixtureRequest):
+    """The recipe's trained baseline (``.model``, ``.metrics``, ``.path``)."""
+    return _artifact(request, "baseline")
+
+
+@pytest.fixture
+def pruned_subnet(request: pytest.FixtureRequest):
+    """The FastNAS subnet, before fine-tuning, saved with ``mto.save``."""
+    return _artifact(request, "pruned")
+
+
+@pytest.fixture
+def restored_model(request: pytest.FixtureRequest):
+    """The pruned subnet rebuilt with ``mto.restore`` into a freshly built model."""
+    return _artifact(request, "restored")
+
+
+@pytest.fixture
+def finetuned_model(request: pytest.FixtureRequest):
+    """The restored subnet after the recipe's fine-tune step."""
+    return _artifact(request, "finetuned")

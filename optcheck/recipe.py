@@ -1,0 +1,282 @@
+"""Recipe schema and loader. A recipe is a TOML file; this module never imports torch."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import Problem, RecipeError
+from .limits import check_limit
+
+DATASETS = ("digits", "cifar10", "synthetic")
+MODELS = ("resnet20", "small_cnn")
+FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+TORCHVISION = re.compile(r"^torchvision:[A-Za-z_]\w*$")
+BUDGETS = (
+    "flops_below",
+    "params_below",
+    "accuracy_drop_under",
+    "pre_finetune_drop_under",
+    "restore_roundtrip",
+)
+
+Limit = Union[float, str]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    dataset: str = "digits"
+    root: str | None = None
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)
+    train_limit: int | None = Field(None, gt=0)
+    test_limit: int | None = Field(None, gt=0)
+    batch_size: int = Field(128, gt=0)
+    eval_batch_size: int = Field(512, gt=0)
+    num_workers: int = Field(0, ge=0)
+    augment: list[Literal["hflip", "crop"]] = ["hflip", "crop"]
+    options: dict[str, Any] = {}
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        if v in DATASETS or FACTORY.match(v):
+            return v
+        raise ValueError(f"unknown dataset {v!r}")
+
+
+class ModelConfig(_Strict):
+    name: str = "resnet20"
+    options: dict[str, Any] = {}
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        if v in MODELS or TORCHVISION.match(v) or FACTORY.match(v):
+            return v
+        raise ValueError(f"unknown model {v!r}")
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(0.1, gt=0, description="learning rate at batch size 128; scaled linearly")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _warmup_inside(self) -> "TrainConfig":
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must be less than epochs ({self.epochs})"
+            )
+        return self
+
+
+class FastNASStep(_Strict):
+    kind: Literal["fastnas"]
+    flops: Limit | None = None
+    params: Limit | None = None
+    channel_divisor: int = Field(16, ge=1)
+    feature_divisor: int = Field(16, ge=1)
+    calib_batches: int = Field(20, ge=1, description="BatchNorm calibration batches per subnet")
+    score_samples: int | None = Field(None, gt=0, description="val samples the score function uses")
+
+    @field_validator("flops", "params", mode="before")
+    @classmethod
+    def _limit(cls, v: object) -> object:
+        return v if v is None else check_limit(v)
+
+    @model_validator(mode="after")
+    def _one_constraint(self) -> "FastNASStep":
+        if (self.flops is None) == (self.params is None):
+            raise ValueError("give exactly one of 'flops' or 'params' (FastNAS takes one constraint)")
+        return self
+
+    @property
+    def constraint(self) -> tuple[str, Limit]:
+        return ("flops", self.flops) if self.flops is not None else ("params", self.params)  # type: ignore[return-value]
+
+
+class FinetuneStep(_Strict):
+    kind: Literal["finetune"]
+    epochs: int = Field(3, ge=1)
+    lr_scale: float = Field(0.5, gt=0)
+    warmup_epochs: float = Field(0.0, ge=0)
+
+
+Step = Annotated[Union[FastNASStep, FinetuneStep], Field(discriminator="kind")]
+
+
+class RoundtripBudget(_Strict):
+    atol: float = Field(0.0, ge=0)
+    rtol: float = Field(0.0, ge=0)
+
+
+class Budgets(_Strict):
+    flops_below: Limit | None = None
+    params_below: Limit | None = None
+    accuracy_drop_under: float | None = Field(None, ge=0, le=1)
+    pre_finetune_drop_under: float | None = Field(None, ge=0, le=1)
+    restore_roundtrip: bool | RoundtripBudget | None = None
+
+    @field_validator("flops_below", "params_below", mode="before")
+    @classmethod
+    def _limit(cls, v: object) -> object:
+        return v if v is None else check_limit(v)
+
+    def active(self) -> list[str]:
+        """Budget names in declaration order of the schema; ``restore_roundtrip = false`` is off."""
+        return [name for name in BUDGETS if getattr(self, name) not in (None, False)]
+
+
+class Recipe(_Strict):
+    name: str
+    description: str = ""
+    seed: int | None = None
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    steps: list[Step] = []
+    budgets: Budgets
+    path: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> "Recipe":
+        kinds = [s.kind for s in self.steps]
+        if kinds.count("fastnas") > 1 or kinds.count("finetune") > 1:
+            raise ValueError("each step kind may appear once: one 'fastnas', then one 'finetune'")
+        if "finetune" in kinds and ("fastnas" not in kinds or kinds.index("finetune") < kinds.index("fastnas")):
+            raise ValueError("'finetune' fine-tunes the pruned subnet: put a 'fastnas' step before it")
+        active = self.budgets.active()
+        if not active:
+            raise ValueError("a recipe needs at least one budget under [budgets]")
+        needs_prune = {"flops_below", "params_below", "pre_finetune_drop_under", "restore_roundtrip"}
+        if "fastnas" not in kinds and needs_prune & set(active):
+            raise ValueError(
+                f"budgets {sorted(needs_prune & set(active))} judge a compressed model: add a 'fastnas' step"
+            )
+        return self
+
+    def step(self, kind: str) -> FastNASStep | FinetuneStep | None:
+        return next((s for s in self.steps if s.kind == kind), None)
+
+
+_FIXES = {
+    "data.dataset": (
+        "digits | cifar10 | synthetic | 'package.module:function'",
+        "use one of the built-in names, or point at a factory function as 'package.module:function'",
+    ),
+    "model.name": (
+        "resnet20 | small_cnn | 'torchvision:NAME' | 'package.module:function'",
+        "use a built-in name, a torchvision classification model as 'torchvision:resnet18', "
+        "or a factory as 'package.module:function'",
+    ),
+}
+
+
+_LIMIT_HELP = ("a positive number, or 'N%' of the baseline with 0 < N <= 100", "")
+_FRACTION_HELP = ("a fraction in [0, 1]: 0.02 means 2 percentage points", "")
+_FIXES_BY_KEY = {
+    "flops": _LIMIT_HELP,
+    "params": _LIMIT_HELP,
+    "flops_below": _LIMIT_HELP,
+    "params_below": _LIMIT_HELP,
+    "accuracy_drop_under": _FRACTION_HELP,
+    "pre_finetune_drop_under": _FRACTION_HELP,
+}
+
+
+def _field_name(loc: tuple) -> str:
+    parts: list[str] = []
+    for p in loc:
+        if isinstance(p, int):
+            parts[-1:] = [f"{parts[-1]}[{p}]"] if parts else [f"[{p}]"]
+        elif p in ("fastnas", "finetune") and parts and parts[-1].startswith("steps["):
+            continue  # pydantic adds the union tag to the path
+        else:
+            parts.append(str(p))
+    return ".".join(parts) or "<recipe>"
+
+
+def _schema_for(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that owns the field at ``loc`` (for listing allowed keys)."""
+    model: type[BaseModel] | None = Recipe
+    for p in loc[:-1]:
+        if model is None:
+            return None
+        if isinstance(p, int):
+            continue
+        if p == "fastnas":
+            model = FastNASStep
+            continue
+        if p == "finetune":
+            model = FinetuneStep
+            continue
+        field = model.model_fields.get(str(p))
+        if field is None:
+            return None
+        ann = field.annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if str(p) == "steps":
+            model = None  # resolved by the tag that follows
+    return model
+
+
+def _problem(err: dict) -> Problem:
+    loc = tuple(err["loc"])
+    name = _field_name(loc)
+    etype = err["type"]
+    given = err.get("input")
+    if etype == "extra_forbidden":
+        owner = _schema_for(loc)
+        allowed = sorted(k for k in owner.model_fields if k != "path") if owner else []
+        near = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        fix = f"did you mean '{near[0]}'?" if near else "remove it"
+        return Problem(name, "unknown key", ", ".join(allowed), fix)
+    if etype == "missing":
+        return Problem(name, "missing required field", fix=f"add '{loc[-1]}' to the recipe")
+    if etype == "union_tag_invalid" or etype == "union_tag_not_found":
+        return Problem(
+            name, f"unknown or missing step kind (got {given.get('kind') if isinstance(given, dict) else given!r})",
+            "kind = 'fastnas' | 'finetune'", "set kind to one of the allowed step kinds",
+        )
+    msg = err["msg"].removeprefix("Value error, ")
+    allowed, fix = _FIXES.get(name, _FIXES_BY_KEY.get(str(loc[-1]) if loc else "", ("", "")))
+    if not fix:
+        fix = f"change '{name}' (got {given!r})" if name != "<recipe>" else "see the message above"
+    return Problem(name, msg, allowed, fix)
+
+
+def parse_recipe(raw: dict, path: Path) -> Recipe:
+    """Validate a recipe's data. Raises ``RecipeError`` listing every problem."""
+    data = dict(raw)
+    data.setdefault("name", path.stem)
+    try:
+        return Recipe.model_validate({**data, "path": path})
+    except ValidationError as exc:
+        raise RecipeError(str(path), [_problem(e) for e in exc.errors()]) from None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file. Raises ``RecipeError`` naming the file and the fields."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RecipeError(str(path), [Problem("<file>", f"cannot read: {exc.strerror}",
+                                              fix="check the path given to optcheck_recipe / --optcheck-recipes")]) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(str(path), [Problem("<syntax>", f"not valid TOML: {exc}",
+                                              fix="fix the TOML syntax at the line and column given")]) from None
+    return parse_recipe(raw, path)

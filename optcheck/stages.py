@@ -1,0 +1,199 @@
+"""The pipeline stages: plain functions from inputs to an ``Artifact``.
+
+    baseline  = train_baseline(ctx)
+    pruned    = fastnas_prune(ctx, baseline, step)    mtp.prune + mto.save
+    restored  = restore(ctx, pruned)                   mto.restore into a fresh model
+    finetuned = finetune(ctx, restored, step)          train at lr_scale, mto.save
+
+Nothing here knows about pytest or caching; ``pipeline.RecipeRun`` decides what runs when.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .data import DataBundle, make_loader
+from .measure import count_flops, count_params, file_bytes
+from .models import build_model
+from .recipe import FastNASStep, FinetuneStep, Recipe
+from .training import Log, Schedule, evaluate, scaled_lr, seed_everything, train
+
+
+@dataclass
+class Metrics:
+    test_acc: float
+    test_n: int
+    val_acc: float
+    val_n: int
+    flops: int
+    params: int
+    ckpt_bytes: int | None
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Artifact:
+    """What a stage produced: the model, its metrics and the files it wrote."""
+
+    stage: str
+    model: nn.Module
+    metrics: Metrics
+    path: Path | None = None  # the checkpoint that restores this model
+    files: dict[str, Path] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Context:
+    """Plain inputs shared by the stages of one recipe."""
+
+    recipe: Recipe
+    data: DataBundle
+    device: torch.device
+    seed: int
+    workdir: Path
+    log: Log = lambda _msg: None  # noqa: E731
+
+    @cached_property
+    def train_loader(self):
+        d = self.recipe.data
+        return make_loader(self.data.train, d.batch_size, shuffle=True, seed=self.seed,
+                           num_workers=d.num_workers, pin_memory=self.device.type == "cuda")
+
+    def eval_loader(self, split: str, limit: int | None = None):
+        dataset = getattr(self.data, split)
+        if limit is not None and limit < len(dataset):
+            dataset = torch.utils.data.Subset(dataset, range(limit))
+        d = self.recipe.data
+        return make_loader(dataset, d.eval_batch_size, shuffle=False, seed=self.seed,
+                           num_workers=d.num_workers, pin_memory=self.device.type == "cuda")
+
+    @cached_property
+    def val_loader(self):
+        return self.eval_loader("val")
+
+    @cached_property
+    def test_loader(self):
+        return self.eval_loader("test")
+
+    def dummy_input(self) -> torch.Tensor:
+        return torch.zeros(1, *self.data.input_shape, device=self.device)
+
+    def make_model(self) -> nn.Module:
+        """A freshly built, untrained model of the recipe (what ``mto.restore`` restores into)."""
+        return build_model(self.recipe.model, self.data.num_classes, self.data.input_shape[0],
+                           seed=self.seed, path=str(self.recipe.path)).to(self.device)
+
+    def measure(self, model: nn.Module, path: Path | None, seconds: float) -> Metrics:
+        test_acc, test_n = evaluate(model, self.test_loader, self.device)
+        val_acc, val_n = evaluate(model, self.val_loader, self.device)
+        return Metrics(test_acc, test_n, val_acc, val_n, count_flops(model, self.dummy_input()),
+                       count_params(model), file_bytes(path), seconds)
+
+
+def train_baseline(ctx: Context) -> Artifact:
+    start = time.perf_counter()
+    seed_everything(ctx.seed)
+    model = ctx.make_model()
+    t = ctx.recipe.train
+    schedule = Schedule(t.epochs, scaled_lr(t.lr, ctx.recipe.data.batch_size), t.momentum,
+                        t.weight_decay, t.warmup_epochs)
+    history = train(model, ctx.train_loader, ctx.val_loader, schedule, device=ctx.device,
+                    log=ctx.log, label="baseline")
+    path = ctx.workdir / "baseline_state_dict.pth"
+    torch.save(model.state_dict(), path)
+    metrics = ctx.measure(model, path, time.perf_counter() - start)
+    return Artifact("baseline", model, metrics, path, {"state_dict": path}, {"history": history})
+
+
+def fastnas_config(step: FastNASStep):
+    from .compat import import_modelopt
+
+    _, _, mtp = import_modelopt()
+    config = mtp.fastnas.FastNASConfig()
+    for rule in ("nn.Conv1d", "nn.Conv2d", "nn.Conv3d"):
+        config[rule]["*"]["channel_divisor"] = step.channel_divisor
+    for rule in ("nn.BatchNorm1d", "nn.BatchNorm2d", "nn.BatchNorm3d", "nn.Linear"):
+        config[rule]["*"]["feature_divisor"] = step.feature_divisor
+    return config
+
+
+def fastnas_prune(ctx: Context, baseline: Artifact, step: FastNASStep) -> Artifact:
+    """Search the best subnet under the step's constraint with ``mtp.prune`` and ``mto.save`` it."""
+    _, mto, mtp = _modelopt()
+    start = time.perf_counter()
+    seed_everything(ctx.seed)
+    model = copy.deepcopy(baseline.model)
+    score_loader = ctx.eval_loader("val", step.score_samples)
+    scored = {"n": 0, "best": 0.0, "all": []}
+
+    def score_func(candidate: nn.Module) -> float:
+        acc = evaluate(candidate, score_loader, ctx.device)[0]
+        scored["n"] += 1
+        scored["best"] = max(scored["best"], acc)
+        scored["all"].append(acc)
+        if scored["n"] % 10 == 0:
+            ctx.log(f"fastnas: scored {scored['n']} subnets, best val acc {scored['best']:.4f}")
+        return acc
+
+    name, value = step.constraint
+    search_ckpt = ctx.workdir / "fastnas_search_checkpoint.pth"
+    ctx.log(f"fastnas: searching under {name} <= {value} "
+            f"(channel_divisor={step.channel_divisor}, feature_divisor={step.feature_divisor})")
+    model, search_state = mtp.prune(
+        model=model,
+        mode=[("fastnas", fastnas_config(step))],
+        constraints={name: value},
+        dummy_input=ctx.dummy_input(),
+        config={"data_loader": ctx.train_loader, "score_func": score_func,
+                "checkpoint": str(search_ckpt), "max_iter_data_loader": step.calib_batches,
+                "verbose": False},
+    )
+    path = ctx.workdir / "pruned_modelopt.pth"
+    mto.save(model, path)
+    metrics = ctx.measure(model, path, time.perf_counter() - start)
+    ctx.log(f"fastnas: {scored['n']} subnets scored; subnet has {metrics.flops:,} FLOPs")
+    return Artifact("pruned", model, metrics, path, {"modelopt": path, "search_checkpoint": search_ckpt},
+                    {"subnets_scored": scored["n"], "scores": scored["all"]})
+
+
+def restore(ctx: Context, pruned: Artifact) -> Artifact:
+    """Rebuild the pruned subnet from its ``mto.save`` checkpoint into a freshly built model."""
+    _, mto, _ = _modelopt()
+    start = time.perf_counter()
+    model = mto.restore(ctx.make_model(), pruned.path, map_location=ctx.device)
+    metrics = ctx.measure(model, pruned.path, time.perf_counter() - start)
+    return Artifact("restored", model, metrics, pruned.path, {"modelopt": pruned.path})
+
+
+def finetune(ctx: Context, restored: Artifact, step: FinetuneStep) -> Artifact:
+    _, mto, _ = _modelopt()
+    start = time.perf_counter()
+    seed_everything(ctx.seed + 1)
+    model = copy.deepcopy(restored.model)
+    t = ctx.recipe.train
+    lr = step.lr_scale * scaled_lr(t.lr, ctx.recipe.data.batch_size)
+    schedule = Schedule(step.epochs, lr, t.momentum, t.weight_decay, step.warmup_epochs)
+    history = train(model, ctx.train_loader, ctx.val_loader, schedule, device=ctx.device,
+                    log=ctx.log, label="finetune")
+    path = ctx.workdir / "finetuned_modelopt.pth"
+    mto.save(model, path)
+    metrics = ctx.measure(model, path, time.perf_counter() - start)
+    return Artifact("finetuned", model, metrics, path, {"modelopt": path}, {"history": history})
+
+
+def _modelopt():
+    from .compat import import_modelopt
+
+    return import_modelopt()

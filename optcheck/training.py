@@ -1,0 +1,111 @@
+"""Seeding, the training loop (SGD + momentum, cosine schedule with linear warm-up) and evaluation."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+Log = Callable[[str], None]
+
+
+def _silent(_: str) -> None:
+    pass
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--optcheck-device=cuda but torch.cuda.is_available() is False; "
+                           "use --optcheck-device=cpu or auto")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu") -> tuple[float, int]:
+    """Top-1 accuracy and the number of samples it was measured on (eval mode; mode restored)."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        correct += (model(x).argmax(dim=1) == y).sum().item()
+        total += y.numel()
+    model.train(was_training)
+    return (correct / total if total else float("nan")), total
+
+
+@dataclass(frozen=True)
+class Schedule:
+    epochs: int
+    lr: float  # already scaled by batch size
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+
+
+def scaled_lr(base_lr: float, batch_size: int) -> float:
+    """The linear scaling rule: ``base_lr`` is the rate at batch size 128."""
+    return base_lr * batch_size / 128
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        span = max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(step - warmup_steps, span) / span))
+
+    return factor
+
+
+def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, schedule: Schedule, *,
+          device: torch.device | str = "cpu", log: Log = _silent, label: str = "train") -> list[dict]:
+    """Train in place; the weights of the epoch with the best val accuracy are kept.
+
+    Returns one record per epoch: loss, val accuracy, learning rate.
+    """
+    model.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=schedule.lr, momentum=schedule.momentum,
+                                weight_decay=schedule.weight_decay)
+    steps = schedule.epochs * len(train_loader)
+    warmup = int(schedule.warmup_epochs * len(train_loader))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, warmup))
+    loss_fn = nn.CrossEntropyLoss()
+    best_acc, best_state, history = -1.0, None, []
+    for epoch in range(1, schedule.epochs + 1):
+        model.train()
+        running, seen = 0.0, 0
+        for x, y in train_loader:
+            x, y = x.to(device), y.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            running += loss.item() * y.numel()
+            seen += y.numel()
+        acc, n = evaluate(model, val_loader, device)
+        history.append({"epoch": epoch, "loss": running / max(seen, 1), "val_acc": acc,
+                        "lr": optimizer.param_groups[0]["lr"]})
+        if acc > best_acc:
+            best_acc, best_state = acc, copy.deepcopy(model.state_dict())
+        log(f"{label}: epoch {epoch}/{schedule.epochs}  loss {running / max(seen, 1):.4f}  "
+            f"val acc {acc:.4f} (n={n})")
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return history
