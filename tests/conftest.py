@@ -1,0 +1,65 @@
+"""Shared helpers: a tiny synthetic recipe that runs the whole pipeline in seconds on CPU."""
+
+from __future__ import annotations
+
+import pytest
+
+TINY_RECIPE = """
+description = "synthetic + small_cnn + FastNAS: the whole pipeline in seconds"
+seed = 0
+
+[data]
+dataset = "synthetic"
+batch_size = 32
+options = {{ samples = 240, classes = 4, image_size = 16 }}
+
+[model]
+name = "small_cnn"
+
+[train]
+epochs = 3
+warmup_epochs = 0.5
+
+[[steps]]
+kind = "fastnas"
+flops = "{flops}"
+channel_divisor = 4
+feature_divisor = 4
+calib_batches = 4
+
+[[steps]]
+kind = "finetune"
+epochs = 2
+
+[budgets]
+{budgets}
+"""
+
+TINY_BUDGETS = """flops_below = "70%"
+accuracy_drop_under = 0.25
+restore_roundtrip = true
+"""
+
+
+def tiny_recipe(flops: str = "60%", budgets: str = TINY_BUDGETS) -> str:
+    return TINY_RECIPE.format(flops=flops, budgets=budgets)
+
+
+@pytest.fixture
+def tiny_recipe_text():
+    return tiny_recipe
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A ``RecipeRun`` of the tiny recipe with every stage built once for the test session."""
+    from optcheck.pipeline import RecipeRun
+    from optcheck.recipe import load_recipe
+
+    path = tmp_path_factory.mktemp("tiny") / "tiny.toml"
+    path.write_text(tiny_recipe())
+    run = RecipeRun(load_recipe(path), device="cpu", seed=0,
+                    workdir=lambda: tmp_path_factory.mktemp("tiny-work"))
+    for stage in run.available_stages():
+        run.artifact(stage)
+    return run
