@@ -293,7 +293,8 @@ def assert_restore_roundtrip(model: Any, make_model: Callable[[], Any], *, examp
             restored = restore(make_model(), path)
         except Exception as exc:  # noqa: BLE001 - any failure to restore is the finding
             modes = _modelopt_modes(model)
-            _fail("restore_roundtrip", [("restore", f"raised {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")],
+            detail = " ".join(line.strip() for line in str(exc).splitlines()[:2])[:400]
+            _fail("restore_roundtrip", [("restore", f"raised {type(exc).__name__}: {detail}")],
                   _roundtrip_hint([("architecture", "")], modes, []) if modes else
                   "make_model() must build the same model that was saved")
     device = next((p.device for p in model.parameters()), None)

@@ -1,0 +1,159 @@
+"""Datasets: seeded stratified splits, train-only augmentation, the CIFAR-10 loader on a folder the
+test writes, clear errors for missing data, user factories."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from optcheck.data import CIFAR10_FILES, build_data, cifar10_root, make_loader
+from optcheck.errors import DatasetMissing, RecipeError
+from optcheck.recipe import DataConfig
+
+
+def label_counts(dataset) -> np.ndarray:
+    return np.bincount([int(dataset[i][1]) for i in range(len(dataset))], minlength=10)
+
+
+def test_digits_shapes_sizes_and_stratification():
+    data = build_data(DataConfig(dataset="digits"), seed=0)
+    assert data.input_shape == (3, 32, 32) and data.num_classes == 10
+    assert data.sizes() == {"train": 1257, "val": 180, "test": 360}  # 1,797 real images
+    test_counts = label_counts(data.test)
+    assert test_counts.min() >= 35 and test_counts.max() <= 37  # stratified: ~36 per class
+
+
+def test_splits_are_disjoint_and_cover_the_data():
+    data = build_data(DataConfig(dataset="digits", augment=[]), seed=0)
+    flat = {split: {tuple(getattr(data, split)[i][0].flatten()[::37].tolist()) for i in range(len(getattr(data, split)))}
+            for split in ("train", "val", "test")}
+    assert not flat["train"] & flat["test"] and not flat["val"] & flat["test"]
+
+
+def test_split_depends_on_seed_only():
+    a, b, c = (build_data(DataConfig(dataset="digits"), seed=s) for s in (0, 0, 1))
+    assert torch.equal(a.test.images, b.test.images)
+    assert not torch.equal(a.test.images, c.test.images)
+
+
+def test_augmentation_only_on_train():
+    data = build_data(DataConfig(dataset="digits", augment=["hflip", "crop"]), seed=0)
+    torch.manual_seed(0)
+    train_views = [data.train[0][0] for _ in range(8)]
+    assert any(not torch.equal(train_views[0], v) for v in train_views[1:])
+    assert torch.equal(data.val[0][0], data.val[0][0]) and torch.equal(data.test[3][0], data.test[3][0])
+
+
+def test_normalised_with_train_statistics():
+    data = build_data(DataConfig(dataset="digits", augment=[]), seed=0)
+    x = torch.stack([data.train[i][0] for i in range(len(data.train))])
+    assert x.mean().abs() < 1e-3 and (x.std() - 1).abs() < 1e-2
+
+
+def test_loader_order_is_seeded():
+    data = build_data(DataConfig(dataset="synthetic"), seed=0)
+
+    def first_labels(seed):
+        torch.manual_seed(123)
+        return next(iter(make_loader(data.train, 16, shuffle=True, seed=seed)))[1].tolist()
+
+    assert first_labels(5) == first_labels(5)
+    assert first_labels(5) != first_labels(6)
+
+
+def test_loader_workers_are_seeded():
+    data = build_data(DataConfig(dataset="synthetic", augment=["crop"]), seed=0)
+
+    def batch(seed):
+        return next(iter(make_loader(data.train, 8, shuffle=True, seed=seed, num_workers=2)))[0]
+
+    assert torch.equal(batch(3), batch(3))
+
+
+def test_train_limit_and_test_limit():
+    data = build_data(DataConfig(dataset="digits", train_limit=100, test_limit=50), seed=0)
+    assert len(data.train) == 100 and len(data.test) == 50 and len(data.val) == 180
+
+
+def write_cifar_folder(root: Path, n_train_per_batch: int = 20, n_test: int = 30) -> Path:
+    """A small folder in the python CIFAR-10 format (pickled dicts of uint8 rows)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+
+    def batch(n, name):
+        labels = (np.arange(n) % 10).tolist()
+        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        with open(folder / name, "wb") as fh:
+            # str keys: the official files were pickled by Python 2 and load with str keys
+            pickle.dump({"batch_label": name, "labels": labels, "data": data,
+                         "filenames": [f"{i}.png" for i in range(n)]}, fh)
+
+    for i in range(1, 6):
+        batch(n_train_per_batch, f"data_batch_{i}")
+    batch(n_test, "test_batch")
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)],
+                     "num_cases_per_batch": n_train_per_batch, "num_vis": 3072}, fh)
+    return root
+
+
+def test_cifar10_loader_on_a_cifar_format_folder(tmp_path):
+    root = write_cifar_folder(tmp_path / "data")
+    data = build_data(DataConfig(dataset="cifar10", root=str(root), val_fraction=0.2), seed=0)
+    assert data.input_shape == (3, 32, 32) and data.num_classes == 10
+    assert data.sizes() == {"train": 80, "val": 20, "test": 30}
+    x, y = data.test[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == 0
+    assert label_counts(data.val).tolist() == [2] * 10  # stratified val split
+
+
+def test_cifar10_root_is_relative_to_the_recipe(tmp_path):
+    write_cifar_folder(tmp_path / "recipes" / "data")
+    data = build_data(DataConfig(dataset="cifar10", root="data"), seed=0, base_dir=tmp_path / "recipes")
+    assert len(data.test) == 30
+
+
+def test_cifar10_missing_names_where_it_looked_and_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPTCHECK_DATA_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(DatasetMissing) as info:
+        build_data(DataConfig(dataset="cifar10"), seed=0)
+    msg = str(info.value)
+    assert str(tmp_path / "nowhere" / "cifar-10-batches-py") in msg
+    assert "data.root" in msg and "OPTCHECK_DATA_DIR" in msg and "never downloads" in msg
+    assert all(name in msg for name in CIFAR10_FILES)
+
+
+def test_cifar10_partial_folder_lists_the_missing_files(tmp_path):
+    root = write_cifar_folder(tmp_path)
+    (root / "cifar-10-batches-py" / "test_batch").unlink()
+    with pytest.raises(DatasetMissing, match="missing test_batch"):
+        build_data(DataConfig(dataset="cifar10", root=str(root)), seed=0)
+
+
+def test_default_cifar_root(monkeypatch):
+    monkeypatch.delenv("OPTCHECK_DATA_DIR", raising=False)
+    assert cifar10_root(DataConfig(dataset="cifar10"), None) == Path.home() / ".cache" / "optcheck" / "data"
+
+
+def make_splits(seed, size=12):
+    """A user factory: (train, val, test) TensorDatasets."""
+    g = torch.Generator().manual_seed(seed)
+    ds = lambda n: torch.utils.data.TensorDataset(torch.rand(n, 1, size, size, generator=g),  # noqa: E731
+                                                  torch.arange(n) % 3)
+    return ds(30), ds(9), ds(9)
+
+
+def test_user_factory(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    data = build_data(DataConfig(dataset="test_data:make_splits", options={"size": 10}), seed=0)
+    assert data.input_shape == (1, 10, 10) and data.num_classes == 3 and data.sizes()["train"] == 30
+
+
+def test_user_factory_import_error_names_the_field():
+    with pytest.raises(RecipeError, match=r"field 'data.dataset': cannot import 'nope.mod:fn'"):
+        build_data(DataConfig(dataset="nope.mod:fn"), seed=0, recipe_path="recipes/x.toml")
