@@ -31,6 +31,8 @@ class RecipeFile(pytest.File):
             else:
                 run, skip_reason = None, DISABLED_REASON
         except RecipeError as exc:
+            state.bad_recipes.add(self.nodeid)
+            exc.path = self.nodeid.split("::")[0]  # as pytest shows it: relative to the rootdir
             raise self.CollectError(str(exc)) from None
         for budget in recipe.budgets.active():
             item = BudgetItem.from_parent(self, name=budget, budget=budget, run=run)
@@ -66,4 +68,5 @@ class BudgetItem(pytest.Item):
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self):
-        return self.path, 0, f"{self.run.recipe.name if self.run else self.path.stem}::{self.budget}"
+        # not a suffix of the node id, so pytest prints node ids untouched and this as the headline
+        return self.path, 0, f"{self.budget} ({self.path.name})"

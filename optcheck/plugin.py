@@ -49,6 +49,7 @@ def pytest_configure(config: pytest.Config) -> None:
                           seed=config.getoption("optcheck_seed"), default_seed=default_seed,
                           basetemp=make_basetemp(config), log=_progress_logger(config))
     config.stash[STATE_KEY] = state
+    config.pluginmanager.register(_CollectWatcher(state), "optcheck-collect-watcher")
     roots = [r.resolve() for r in _recipe_roots(config)]
     config.stash[_ROOTS] = roots
     # `--optcheck-recipes PATH`, or `--optcheck` with no paths on the command line: collect the
@@ -97,6 +98,28 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
 
         return RecipeFile.from_parent(parent, path=file_path)
     return None
+
+
+class _CollectWatcher:
+    """Remembers which nodes failed to collect, for ``pytest_runtestloop`` below."""
+
+    def __init__(self, state: OptcheckState):
+        self.state = state
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self.state.collect_failures.add(report.nodeid)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """A broken recipe is one collection error, not the end of the session: when every collection
+    error comes from a recipe file, the other recipes and tests still run (exit status stays 1)."""
+    state = session.config.stash.get(STATE_KEY, None)
+    if state is None or not session.testsfailed or not state.bad_recipes:
+        return
+    if state.collect_failures and state.collect_failures <= state.bad_recipes:
+        session.config.option.continue_on_collection_errors = True
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:

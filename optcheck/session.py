@@ -22,6 +22,8 @@ class OptcheckState:
     log: Callable[[str], None] = lambda _m: None
     runs: dict[Path, Any] = field(default_factory=dict)
     verdicts: dict[Path, dict[str, tuple[str, dict]]] = field(default_factory=dict)
+    bad_recipes: set[str] = field(default_factory=set)  # node ids of recipe files that failed validation
+    collect_failures: set[str] = field(default_factory=set)  # node ids of every failed collector
 
     def run_for(self, recipe) -> Any:
         """The session's one ``RecipeRun`` for this recipe file (stages then run at most once)."""

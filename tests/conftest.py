@@ -17,7 +17,8 @@ options = {{ samples = 240, classes = 4, image_size = 16 }}
 name = "small_cnn"
 
 [train]
-epochs = 3
+epochs = 6
+lr = 0.4
 warmup_epochs = 0.5
 
 [[steps]]
@@ -29,7 +30,8 @@ calib_batches = 4
 
 [[steps]]
 kind = "finetune"
-epochs = 2
+epochs = 3
+lr_scale = 0.1
 
 [budgets]
 {budgets}

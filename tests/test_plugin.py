@@ -1,0 +1,229 @@
+"""The plugin through pytester: flag on/off, node ids, skip reasons, collection errors, fixtures,
+the results table, options, and lazy imports."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import tiny_recipe
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def heavy_modules_loaded_once():
+    """pytester's in-process runs drop modules first imported inside them, and some of modelopt's
+    compiled dependencies cannot be loaded twice in one process: import them up front."""
+    import sklearn.model_selection  # noqa: F401
+    import torchvision.transforms.v2  # noqa: F401
+
+    from optcheck.compat import import_modelopt
+
+    import_modelopt()
+
+
+@pytest.fixture
+def project(pytester):
+    """A project with one tiny recipe under recipes/."""
+    pytester.makeini("[pytest]\nfilterwarnings = ignore::UserWarning\n")
+    pytester.mkdir("recipes")
+    (pytester.path / "recipes" / "tiny.toml").write_text(tiny_recipe())
+    return pytester
+
+
+def test_without_the_flag_recipe_items_are_skipped_with_the_reason(project):
+    result = project.runpytest_inprocess("-rs", "-v")
+    result.assert_outcomes(skipped=3)
+    result.stdout.fnmatch_lines([
+        "recipes/tiny.toml::flops_below SKIPPED*",
+        "recipes/tiny.toml::accuracy_drop_under SKIPPED*",
+        "recipes/tiny.toml::restore_roundtrip SKIPPED*",
+        "*optcheck recipes run only with --optcheck*",
+    ])
+
+
+def test_with_the_flag_each_budget_is_an_item_and_the_table_is_printed(project):
+    result = project.runpytest_inprocess("--optcheck", "-v", "--optcheck-device", "cpu")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines([
+        "recipes/tiny.toml::flops_below PASSED*",
+        "recipes/tiny.toml::accuracy_drop_under PASSED*",
+        "recipes/tiny.toml::restore_roundtrip PASSED*",
+        "*optcheck results*",
+        "optcheck results: tiny (*tiny.toml, seed 0)",
+        "stage*test acc*FLOPs*params*checkpoint*time*",
+        "baseline*(n=48)*",
+        "pruned*", "restored*", "fine-tuned*",
+    ])
+    out = result.stdout.str()
+    assert out.count("[optcheck] tiny: building baseline") == 1  # once per session
+    assert "[optcheck] baseline: epoch 6/6" in out  # progress on the terminal
+
+
+def test_quiet_hides_progress_but_keeps_the_table(project):
+    result = project.runpytest_inprocess("--optcheck", "-q")
+    result.assert_outcomes(passed=3)
+    out = result.stdout.str()
+    assert "[optcheck]" not in out and "optcheck results: tiny" in out
+
+
+def test_a_broken_budget_fails_with_a_readable_message(project):
+    (project.path / "recipes" / "tiny.toml").write_text(
+        tiny_recipe(budgets='flops_below = "20%"\naccuracy_drop_under = 0.25\n'))
+    result = project.runpytest_inprocess("--optcheck")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "*flops_below (tiny.toml)*",
+        "optcheck budget 'flops_below' failed",
+        "  measured *",
+        "  limit * = 20% of reference *",
+        "  over by *",
+        "  hint *",
+    ])
+    assert "Traceback" not in result.stdout.str() and "def check_budget" not in result.stdout.str()
+
+
+def test_bad_recipe_is_one_collection_error_and_the_others_still_run(project):
+    (project.path / "recipes" / "bad.toml").write_text(
+        tiny_recipe(budgets="flops_below = '150%'\n").replace("epochs = 6", "epochs = 6\nepoch = 4"))
+    result = project.runpytest_inprocess("--optcheck")
+    result.assert_outcomes(passed=3, errors=1)
+    out = result.stdout.str()
+    assert "ERROR collecting recipes/bad.toml" in out
+    assert "bad.toml: invalid optcheck recipe (2 problems)" in out
+    assert "field 'train.epoch': unknown key" in out and "did you mean 'epochs'?" in out
+    assert "field 'budgets.flops_below'" in out and "(0%, 100%]" in out
+    assert "Traceback" not in out and "pydantic" not in out
+
+
+def test_bad_recipe_errors_even_without_the_flag(project):
+    (project.path / "recipes" / "bad.toml").write_text("[data]\ndataset = 'mnist'\n[budgets]\naccuracy_drop_under = 0.1\n")
+    result = project.runpytest_inprocess()
+    result.assert_outcomes(skipped=3, errors=1)
+    assert "field 'data.dataset': unknown dataset 'mnist'" in result.stdout.str()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_other_collection_errors_still_stop_the_session(project):
+    project.makepyfile(test_broken="import does_not_exist\n")
+    (project.path / "recipes" / "bad.toml").write_text("[budgets]\naccuracy_drop_under = 2\n")
+    result = project.runpytest_inprocess()
+    result.assert_outcomes(errors=2)
+    assert "Interrupted: 2 errors during collection" in result.stdout.str()
+
+
+def test_unreachable_flops_target_is_a_collection_error(project):
+    (project.path / "recipes" / "tiny.toml").write_text(tiny_recipe(flops="1%"))
+    result = project.runpytest_inprocess("--optcheck")
+    result.assert_outcomes(errors=1)
+    out = result.stdout.str()
+    assert "field 'steps[0].flops': target '1%'" in out and "is unreachable" in out
+    assert "smallest subnet of this search space (channel_divisor=4, feature_divisor=4)" in out
+    assert "raise steps[0].flops to at least" in out
+    assert "building baseline" not in out  # found before any training
+
+
+def test_missing_cifar10_skips_with_where_it_looked(project, tmp_path):
+    (project.path / "recipes" / "cifar.toml").write_text(
+        tiny_recipe().replace('dataset = "synthetic"', f'dataset = "cifar10"\nroot = "{tmp_path / "none"}"')
+        .replace("options = { samples = 240, classes = 4, image_size = 16 }\n", ""))
+    result = project.runpytest_inprocess("--optcheck", "-rs", "recipes/cifar.toml")
+    result.assert_outcomes(skipped=3)
+    result.stdout.fnmatch_lines([f"*CIFAR-10 not found: looked in {tmp_path / 'none' / 'cifar-10-batches-py'}*"])
+
+
+def test_fixtures_share_the_stages_with_recipe_items(project):
+    project.makepyfile(test_hand="""
+        import pytest
+        from optcheck import assert_flops_below, assert_restore_roundtrip
+
+        pytestmark = pytest.mark.optcheck_recipe("recipes/tiny.toml")
+
+        def test_stages(optcheck_recipe, optcheck_run, trained_baseline, pruned_subnet, restored_model, finetuned_model):
+            assert optcheck_recipe.name == "tiny"
+            assert pruned_subnet is optcheck_run.artifacts["pruned"]
+            assert trained_baseline.path.exists() and finetuned_model.path.exists()
+            assert restored_model.metrics.flops == pruned_subnet.metrics.flops < trained_baseline.metrics.flops
+            assert 0 <= finetuned_model.metrics.test_acc <= 1 and finetuned_model.metrics.test_n == 48
+
+        def test_my_own_budget(trained_baseline, finetuned_model, optcheck_run):
+            assert_flops_below(finetuned_model.model, "70%", dummy_input=optcheck_run.ctx.dummy_input(),
+                               reference=trained_baseline.model)
+    """)
+    result = project.runpytest_inprocess("--optcheck", "recipes", "test_hand.py")
+    result.assert_outcomes(passed=5)
+    assert result.stdout.str().count("tiny: building baseline") == 1
+
+
+def test_fixtures_skip_without_the_flag_and_need_the_marker(project):
+    project.makepyfile(test_hand="""
+        import pytest
+
+        @pytest.mark.optcheck_recipe("recipes/tiny.toml")
+        def test_marked(trained_baseline):
+            pass
+
+        def test_unmarked(optcheck_recipe):
+            pass
+    """)
+    result = project.runpytest_inprocess("-rs", "test_hand.py")
+    result.assert_outcomes(skipped=1, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR at setup of test_unmarked*",
+                                 "*mark the test with @pytest.mark.optcheck_recipe*",
+                                 "*optcheck fixtures run only with --optcheck*"])
+
+
+def test_optcheck_recipes_option_and_seed(pytester):
+    pytester.mkdir("elsewhere")
+    (pytester.path / "elsewhere" / "tiny.toml").write_text(tiny_recipe())
+    pytester.makepyfile(test_other="def test_ok(): pass")
+    result = pytester.runpytest_inprocess("--optcheck", "--optcheck-recipes", "elsewhere", "--optcheck-seed", "7",
+                                          "-W", "ignore::UserWarning", "test_other.py")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["optcheck results: tiny (*, seed 7)"])
+
+
+def test_ini_options(pytester):
+    pytester.makeini("[pytest]\noptcheck_recipes = cfg\noptcheck_seed = 3\nfilterwarnings = ignore::UserWarning\n")
+    pytester.mkdir("cfg")
+    (pytester.path / "cfg" / "tiny.toml").write_text(tiny_recipe().replace("seed = 0\n", ""))
+    result = pytester.runpytest_inprocess("--optcheck")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["optcheck results: tiny (*, seed 3)"])
+
+
+def test_bad_device_is_a_usage_error(pytester):
+    pytester.makeini("[pytest]\noptcheck_device = tpu\n")
+    result = pytester.runpytest_inprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*optcheck_device = 'tpu'*use auto, cpu or cuda*"])
+
+
+def test_toml_files_outside_the_recipe_folders_are_not_collected(project):
+    (project.path / "settings.toml").write_text("[tool]\nx = 1\n")
+    result = project.runpytest_inprocess("--optcheck", "--collect-only", "-q", "settings.toml", "recipes")
+    assert "settings.toml" not in result.stdout.str().split("no tests ran")[0].replace("ERROR: ", "")
+
+
+LAZY_CONFTEST = """
+import sys, json
+def pytest_sessionfinish(session):
+    heavy = sorted(m for m in ("torch", "modelopt", "torchvision", "torchprofile") if m in sys.modules)
+    with open("modules.json", "w") as fh:
+        json.dump({"heavy": heavy, "plugin": "optcheck.plugin" in sys.modules}, fh)
+"""
+
+
+@pytest.mark.parametrize("with_recipes", [False, True], ids=["plain-project", "recipes-without-flag"])
+def test_a_session_that_does_not_use_optcheck_imports_no_torch(pytester, with_recipes):
+    import json
+
+    pytester.makeconftest(LAZY_CONFTEST)
+    pytester.makepyfile(test_plain="def test_ok():\n    assert 1 + 1 == 2\n")
+    if with_recipes:
+        pytester.mkdir("recipes")
+        (pytester.path / "recipes" / "tiny.toml").write_text(tiny_recipe())
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1, skipped=3 if with_recipes else 0)
+    seen = json.loads((pytester.path / "modules.json").read_text())
+    assert seen == {"heavy": [], "plugin": True}
