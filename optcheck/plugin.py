@@ -45,6 +45,12 @@ def pytest_configure(config: pytest.Config) -> None:
         default_seed = int(config.getini("optcheck_seed"))
     except ValueError:
         raise pytest.UsageError(f"optcheck_seed = {config.getini('optcheck_seed')!r} in the ini file: use an integer") from None
+    if config.getoption("optcheck") and device == "cuda":
+        import torch  # only here: --optcheck asked for CUDA explicitly
+
+        if not torch.cuda.is_available():
+            raise pytest.UsageError("--optcheck-device=cuda, but torch.cuda.is_available() is False on "
+                                    "this machine: use --optcheck-device=cpu or auto")
     state = OptcheckState(enabled=config.getoption("optcheck"), device=device,
                           seed=config.getoption("optcheck_seed"), default_seed=default_seed,
                           basetemp=make_basetemp(config), log=_progress_logger(config))

@@ -110,6 +110,15 @@ def test_restore_roundtrip_of_an_unconverted_model():
     assert_restore_roundtrip(model, lambda: SmallCNN(num_classes=4), example_input=torch.randn(2, 3, 16, 16))
 
 
+def roundtrip_failure(tiny_run, restore, example_input=None) -> str:
+    """The message of a round trip of the tiny run's pruned subnet through ``restore``."""
+    x = tiny_run.ctx.dummy_input() if example_input is None else example_input
+    with pytest.raises(AssertionError) as info:
+        assert_restore_roundtrip(tiny_run.artifact("pruned").model, tiny_run.ctx.make_model,
+                                 example_input=x, restore=restore)
+    return str(info.value)
+
+
 def load_state_dict_restore(fresh, path):
     """The planted regression: a pruned checkpoint loaded like a plain state dict."""
     fresh.load_state_dict(torch.load(path, weights_only=False)["model_state_dict"])
@@ -117,36 +126,25 @@ def load_state_dict_restore(fresh, path):
 
 
 def test_pruned_model_restored_with_load_state_dict_fails_with_the_hint(tiny_run):
-    pruned = tiny_run.artifact("pruned").model
-    with pytest.raises(AssertionError) as info:
-        assert_restore_roundtrip(pruned, tiny_run.ctx.make_model, example_input=tiny_run.ctx.dummy_input(),
-                                 restore=load_state_dict_restore)
-    msg = str(info.value)
+    msg = roundtrip_failure(tiny_run, load_state_dict_restore)
     assert "'restore_roundtrip' failed" in msg and "size mismatch" in msg
     assert "restore it with mto.restore, not load_state_dict" in msg
 
 
 def test_lenient_load_state_dict_is_caught_as_an_architecture_mismatch(tiny_run):
-    pruned = tiny_run.artifact("pruned").model
-
     def lenient(fresh, path):
         state = torch.load(path, weights_only=False)["model_state_dict"]
         own = fresh.state_dict()
         fresh.load_state_dict({k: v for k, v in state.items() if own[k].shape == v.shape}, strict=False)
         return fresh
 
-    with pytest.raises(AssertionError) as info:
-        assert_restore_roundtrip(pruned, tiny_run.ctx.make_model, example_input=tiny_run.ctx.dummy_input(),
-                                 restore=lenient)
-    msg = str(info.value)
+    msg = roundtrip_failure(tiny_run, lenient)
     assert "architecture" in msg and "modelopt_state" in msg
     assert "restore it with mto.restore, not load_state_dict" in msg
 
 
 def test_weights_perturbed_after_restore_fail(tiny_run):
     from optcheck.assertions import mto_restore
-
-    pruned = tiny_run.artifact("pruned").model
 
     def perturbing(fresh, path):
         model = mto_restore(fresh, path)
@@ -155,9 +153,7 @@ def test_weights_perturbed_after_restore_fail(tiny_run):
         return model
 
     x = next(iter(tiny_run.ctx.test_loader))[0][:4]  # real images: zeros would hide the change
-    with pytest.raises(AssertionError) as info:
-        assert_restore_roundtrip(pruned, tiny_run.ctx.make_model, example_input=x, restore=perturbing)
-    msg = str(info.value)
+    msg = roundtrip_failure(tiny_run, perturbing, x)
     assert "state_dict" in msg and "1 of" in msg and "largest |diff| 0.001" in msg
     assert "outputs" in msg and "weights changed between save and restore" in msg
 

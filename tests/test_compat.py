@@ -89,6 +89,7 @@ def test_torchprofile_installed_path_matches_0_0_4(torchprofile_004):
         run_probe(torchprofile_004) | {"file": "", "layout": "", "version": ""}
 
 
+@pytest.mark.filterwarnings("ignore:No handlers found")
 def test_shim_makes_modelopt_ignore_batchnorm():
     """On 0.1.x, modelopt's batch_norm_ignored_flops must really drop BatchNorm from the count."""
     import torchprofile.profile as profile

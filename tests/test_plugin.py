@@ -199,6 +199,24 @@ def test_bad_device_is_a_usage_error(pytester):
     result.stderr.fnmatch_lines(["*optcheck_device = 'tpu'*use auto, cpu or cuda*"])
 
 
+def test_cuda_without_a_gpu_is_a_usage_error(project):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = project.runpytest_inprocess("--optcheck", "--optcheck-device", "cuda")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--optcheck-device=cuda, but torch.cuda.is_available() is False*"])
+
+
+def test_params_constraint_and_budget(project):
+    (project.path / "recipes" / "tiny.toml").write_text(
+        tiny_recipe(budgets='params_below = "60%"\n').replace('flops = "60%"', 'params = "60%"'))
+    result = project.runpytest_inprocess("--optcheck", "-v")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*fastnas: searching under params <= 60%*", "recipes/tiny.toml::params_below PASSED*"])
+
+
 def test_toml_files_outside_the_recipe_folders_are_not_collected(project):
     (project.path / "settings.toml").write_text("[tool]\nx = 1\n")
     result = project.runpytest_inprocess("--optcheck", "--collect-only", "-q", "settings.toml", "recipes")
