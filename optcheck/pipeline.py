@@ -34,6 +34,7 @@ class RecipeRun:
         self.artifacts: dict[str, Any] = {}
         self._errors: dict[str, BaseException] = {}
         self._ctx = None
+        self._preflight_done = False
         self.bounds: dict[str, float] | None = None
 
     @property
@@ -70,11 +71,14 @@ class RecipeRun:
 
         Raises ``DatasetMissing`` (skip) or ``RecipeError`` (collection error).
         """
+        if self._preflight_done:
+            return
         ctx = self.ctx
         ctx.make_model()
         step = self.recipe.step("fastnas")
-        if step is not None and self.bounds is None:
+        if step is not None:
             self.bounds = check_fastnas_target(ctx, step, self.path)
+        self._preflight_done = True
 
     # -- stages ------------------------------------------------------------------------------------
     def artifact(self, stage: str):

@@ -135,10 +135,11 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     from .report import results_table
 
     terminalreporter.section("optcheck results")
-    for run in state.runs.values():
+    for key, run in state.runs.items():
         if run.artifacts:
             metrics = {stage: art.metrics.as_dict() for stage, art in run.artifacts.items()}
-            for line in results_table(f"{run.recipe.name} ({run.path}, seed {run.seed})", metrics):
+            verdicts = {b: outcome for b, (outcome, _) in state.verdicts.get(key, {}).items()}
+            for line in results_table(f"{run.recipe.name} ({run.path}, seed {run.seed})", metrics, verdicts):
                 terminalreporter.write_line(line)
             terminalreporter.write_line("")
 

@@ -7,8 +7,9 @@ from .measure import human
 _LABELS = {"baseline": "baseline", "pruned": "pruned", "restored": "restored", "finetuned": "fine-tuned"}
 
 
-def results_table(name: str, metrics: dict[str, dict]) -> list[str]:
-    """Lines of a fixed-width table; ``metrics`` maps stage -> ``Metrics.as_dict()``."""
+def results_table(name: str, metrics: dict[str, dict], verdicts: dict[str, str] | None = None) -> list[str]:
+    """Lines of a fixed-width table; ``metrics`` maps stage -> ``Metrics.as_dict()`` and
+    ``verdicts`` budget -> outcome."""
     base = metrics.get("baseline")
     header = ("stage", "test acc", "Δ acc", "val acc", "FLOPs", "FLOPs %", "params", "checkpoint", "time")
     rows = []
@@ -30,4 +31,6 @@ def results_table(name: str, metrics: dict[str, dict]) -> list[str]:
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [f"optcheck results: {name}", fmt.format(*header), fmt.format(*("-" * w for w in widths))]
     lines += [fmt.format(*r) for r in rows]
+    if verdicts:
+        lines.append("budgets: " + ", ".join(f"{b} {v}" for b, v in verdicts.items()))
     return lines

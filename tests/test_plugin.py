@@ -54,6 +54,7 @@ def test_with_the_flag_each_budget_is_an_item_and_the_table_is_printed(project):
         "stage*test acc*FLOPs*params*checkpoint*time*",
         "baseline*(n=48)*",
         "pruned*", "restored*", "fine-tuned*",
+        "budgets: flops_below passed, accuracy_drop_under passed, restore_roundtrip passed",
     ])
     out = result.stdout.str()
     assert out.count("[optcheck] tiny: building baseline") == 1  # once per session
@@ -79,6 +80,7 @@ def test_a_broken_budget_fails_with_a_readable_message(project):
         "  limit * = 20% of reference *",
         "  over by *",
         "  hint *",
+        "*budgets: flops_below failed, accuracy_drop_under passed",
     ])
     assert "Traceback" not in result.stdout.str() and "def check_budget" not in result.stdout.str()
 
