@@ -1,0 +1,25 @@
+"""Is the pre-fine-tune collapse of the digits FastNAS subnet a BatchNorm-statistics artefact?
+
+    .venv/bin/python benchmarks/bn_recalibration.py
+
+Builds the digits recipe's pruned subnet, then re-estimates every BatchNorm's running statistics
+(reset, cumulative average, three passes over the train split) and prints test accuracy before and
+after. Measured here: 0.100 -> 0.753 (n=360).
+"""
+import copy, torch
+from optcheck.recipe import load_recipe
+from optcheck.pipeline import RecipeRun
+from optcheck.training import evaluate
+run = RecipeRun(load_recipe("recipes/digits_resnet20_fastnas.toml"), device="cpu")
+p = run.artifact("pruned")
+print("as returned by mtp.prune:", evaluate(p.model, run.ctx.test_loader))
+m = copy.deepcopy(p.model)
+for mod in m.modules():
+    if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+        mod.reset_running_stats(); mod.momentum = None
+m.train()
+with torch.no_grad():
+    for _ in range(3):
+        for x, _y in run.ctx.train_loader:
+            m(x)
+print("after full BN recalibration:", evaluate(m, run.ctx.test_loader))
