@@ -1,4 +1,4 @@
-"""pytest collection nodes: a recipe file, and one item per budget it declares."""
+"""pytest collection nodes: a recipe file, one item per budget it declares, one per ledger stage."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ DISABLED_REASON = "optcheck recipes run only with --optcheck (pytest --optcheck)
 
 
 class RecipeFile(pytest.File):
-    """``recipes/<name>.toml``: validated at collection, then one ``BudgetItem`` per budget."""
+    """``recipes/<name>.toml``: validated at collection, then one ``BudgetItem`` per budget and one
+    ``LedgerItem`` per cached stage (when the regression ledger is on)."""
 
     def collect(self):
+        from .pipeline import stages_of
         from .recipe import load_recipe
         from .session import get_state
 
@@ -34,39 +36,83 @@ class RecipeFile(pytest.File):
             state.bad_recipes.add(self.nodeid)
             exc.path = self.nodeid.split("::")[0]  # as pytest shows it: relative to the rootdir
             raise self.CollectError(str(exc)) from None
-        for budget in recipe.budgets.active():
-            item = BudgetItem.from_parent(self, name=budget, budget=budget, run=run)
+        items: list[pytest.Item] = [BudgetItem.from_parent(self, name=b, check=b, budget=b, run=run)
+                                    for b in recipe.budgets.active()]
+        if state.ledger is not None:
+            from .ledger import STAGES
+
+            for stage in (s for s in stages_of(recipe) if s in STAGES):
+                item = LedgerItem.from_parent(self, name=f"ledger[{stage}]", check=f"ledger[{stage}]",
+                                              stage=stage, run=run)
+                entry = state.ledger.entry(recipe.name, run.ctx.device.type, stage) if run and run.has_ctx else None
+                if entry and "known_failure" in entry and state.update != "all":
+                    item.add_marker(pytest.mark.xfail(reason=entry["known_failure"], strict=True, raises=AssertionError))
+                items.append(item)
+        for item in items:
+            item.add_marker(pytest.mark.xdist_group(f"optcheck-{recipe.name}"))
             if skip_reason:
                 item.add_marker(pytest.mark.skip(reason=skip_reason))
             yield item
 
 
-class BudgetItem(pytest.Item):
-    """``recipes/<name>.toml::<budget>``: passes when the compressed model meets that budget."""
-
-    def __init__(self, *, budget: str, run: Any, **kwargs):
+class _CheckItem(pytest.Item):
+    def __init__(self, *, check: str, run: Any, **kwargs):
         super().__init__(**kwargs)
-        self.budget = budget
+        self.check = check
         self.run = run
-
-    def runtest(self) -> None:
-        from .budgets import check_budget
-        from .session import get_state
-
-        measured = check_budget(self.budget, self.run)
-        for key, value in measured.items():
-            self.user_properties.append((f"optcheck.{key}", value))
-        get_state(self.config).record(self.run, self.budget, "passed", measured)
+        # reports (and xdist) carry these to the process that writes the summary and JUnit XML
+        self.user_properties.append(("optcheck.recipe", self.nodeid.split("::")[0]))
+        self.user_properties.append(("optcheck.check", check))
 
     def repr_failure(self, excinfo, style=None):
-        from .session import get_state
-
-        if self.run is not None:
-            get_state(self.config).record(self.run, self.budget, "failed", {"error": str(excinfo.value)})
         if isinstance(excinfo.value, (AssertionError, OptcheckError)) and not self.config.getoption("fulltrace"):
             return str(excinfo.value)
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self):
         # not a suffix of the node id, so pytest prints node ids untouched and this as the headline
-        return self.path, 0, f"{self.budget} ({self.path.name})"
+        return self.path, 0, f"{self.check} ({self.path.name})"
+
+
+class BudgetItem(_CheckItem):
+    """``recipes/<name>.toml::<budget>``: passes when the compressed model meets that budget."""
+
+    def __init__(self, *, budget: str, **kwargs):
+        super().__init__(**kwargs)
+        self.budget = budget
+
+    def runtest(self) -> None:
+        from .budgets import check_budget
+
+        measured = check_budget(self.budget, self.run)
+        for key, value in measured.items():
+            self.user_properties.append((f"optcheck.{key}", value))
+
+
+class LedgerItem(_CheckItem):
+    """``recipes/<name>.toml::ledger[<stage>]``: the stage's metrics equal the committed ledger's."""
+
+    def __init__(self, *, stage: str, **kwargs):
+        super().__init__(**kwargs)
+        self.stage = stage
+
+    def runtest(self) -> None:
+        from .ledger import judge
+        from .session import get_state
+
+        state = get_state(self.config)
+        run = self.run
+        measured = run.artifact(self.stage).metrics.as_dict()
+        platform = run.ctx.device.type
+        verdict = judge(state.ledger, run.recipe, platform, self.stage, measured, state.update)
+        details = verdict.details(measured)
+        state.ledger_checks.setdefault(state.relpath(run.recipe.path), {})[self.stage] = {
+            **details, "platform": platform, "failure": verdict.failure}
+        if verdict.update is not None:
+            state.ledger_updates[(run.recipe.name, platform, self.stage)] = verdict.update
+        for metric, value in details["measured"].items():
+            self.user_properties.append((f"optcheck.{self.stage}.{metric}", value))
+            if details["reference"]:
+                self.user_properties.append((f"optcheck.{self.stage}.{metric}.ledger", details["reference"][metric]))
+        if verdict.failure:
+            raise AssertionError(verdict.failure)

@@ -52,3 +52,13 @@ def resolve_limit(limit: object, reference: float | None, what: str) -> float:
 
 def describe(limit: object) -> str:
     return limit if isinstance(limit, str) else f"{float(limit):.6g}"  # type: ignore[arg-type]
+
+
+def human(n: float | int | None, unit: str = "") -> str:
+    """3 significant digits with k/M/G: 40_567_808 -> '40.6M'."""
+    if n is None:
+        return "-"
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{suffix}{unit}"
+    return f"{n:.3g}{unit}" if isinstance(n, float) else f"{n}{unit}"

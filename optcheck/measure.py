@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .limits import human  # noqa: F401  (re-exported: it was defined here)
+
 IGNORED_OPS = frozenset({"aten::batch_norm"})
 
 
@@ -44,13 +46,3 @@ def count_params(model: nn.Module) -> int:
 
 def file_bytes(path: str | Path | None) -> int | None:
     return Path(path).stat().st_size if path is not None and Path(path).exists() else None
-
-
-def human(n: float | int | None, unit: str = "") -> str:
-    """3 significant digits with k/M/G: 40_567_808 -> '40.6M'."""
-    if n is None:
-        return "-"
-    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= size:
-            return f"{n / size:.3g}{suffix}{unit}"
-    return f"{n:.3g}{unit}" if isinstance(n, float) else f"{n}{unit}"

@@ -1,13 +1,15 @@
 """``RecipeRun``: builds each stage of one recipe at most once, in dependency order.
 
 The stages themselves are plain functions (``stages.py``); this module only decides what runs when,
-remembers artifacts (and failures, so a broken stage is not retried by every budget), and checks
-before anything trains that the recipe's FastNAS target is reachable.
+remembers artifacts (and failures, so a broken stage is not retried by every budget), takes them
+from the artifact cache when it has them (``cache.py``, keys from ``keys.py``), and checks before
+anything trains that the recipe's FastNAS target is reachable.
 """
 
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,13 @@ class StageFailed(Exception):
 
 class RecipeRun:
     def __init__(self, recipe: Recipe, *, device: str = "auto", seed: int = 0,
-                 workdir: Callable[[], Path] | None = None, log: Callable[[str], None] = lambda _m: None):
+                 workdir: Callable[[], Path] | None = None, log: Callable[[str], None] = lambda _m: None,
+                 cache=None, threads: int | None = None):
         self.recipe = recipe
+        self.threads = threads
+        self.cache = cache  # an ``ArtifactCache``, or None: build everything
+        self.events: dict[str, dict[str, Any]] = {}  # stage -> {"cache": hit|built|off, "key", "seconds"}
+        self._keys: dict[str, dict[str, Any]] | None = None
         self.device_name = device
         self.seed = seed
         self._workdir = workdir or (lambda: Path(tempfile.mkdtemp(prefix=f"optcheck-{recipe.name}-")))
@@ -50,16 +57,22 @@ class RecipeRun:
             from .stages import Context
             from .training import resolve_device
 
+            if self.threads:
+                import torch
+
+                torch.set_num_threads(self.threads)  # numerics depend on it: it is part of the cache key
             base = self.recipe.path.parent if self.recipe.path else None
             data = build_data(self.recipe.data, self.seed, base, self.path)
             self._ctx = Context(self.recipe, data, resolve_device(self.device_name), self.seed,
                                 self._workdir(), self.log)
         return self._ctx
 
+    @property
+    def has_ctx(self) -> bool:
+        return self._ctx is not None
+
     def available_stages(self) -> list[str]:
-        kinds = [s.kind for s in self.recipe.steps]
-        return ["baseline"] + (["pruned", "restored"] if "fastnas" in kinds else []) + (
-            ["finetuned"] if "finetune" in kinds else [])
+        return stages_of(self.recipe)
 
     def final_stage(self) -> str:
         """The compressed model the budgets judge: fine-tuned if there is a fine-tune step."""
@@ -77,8 +90,29 @@ class RecipeRun:
         ctx.make_model()
         step = self.recipe.step("fastnas")
         if step is not None:
-            self.bounds = check_fastnas_target(ctx, step, self.path)
+            self.bounds = check_fastnas_target(ctx, step, self.path, self._cached_bounds(step))
         self._preflight_done = True
+
+    def _cached_bounds(self, step: FastNASStep) -> dict[str, float]:
+        if self.cache is None:
+            return search_space_bounds(self.ctx, step)
+        key = self.keys["bounds"]["key"]
+        entry = self.cache.load("bounds", key)
+        if entry is not None:
+            return entry.meta["bounds"]
+        bounds = search_space_bounds(self.ctx, step)
+        self.cache.store("bounds", key, {}, {"bounds": bounds, "recipe": self.recipe.name,
+                                             "key_material": self.keys["bounds"]})
+        return bounds
+
+    @property
+    def keys(self) -> dict[str, dict[str, Any]]:
+        """Content keys of the cacheable stages (``keys.stage_keys``), computed once."""
+        if self._keys is None:
+            from .keys import stage_keys
+
+            self._keys = stage_keys(self.recipe, self.ctx.data, self.ctx.device, self.seed)
+        return self._keys
 
     # -- stages ------------------------------------------------------------------------------------
     def artifact(self, stage: str):
@@ -95,11 +129,42 @@ class RecipeRun:
                               f"{type(self._errors[stage]).__name__}: {self._errors[stage]}") from self._errors[stage]
         parent = self.artifact(_NEEDS[stage]) if stage in _NEEDS else None
         try:
-            self.artifacts[stage] = self._build(stage, parent)
+            self.artifacts[stage] = self._obtain(stage, parent)
         except BaseException as exc:
             self._errors[stage] = exc
             raise
         return self.artifacts[stage]
+
+    def _obtain(self, stage: str, parent):
+        """The stage's artifact from the cache, or built (by this process, or by the one holding
+        its lock) and stored."""
+        from . import stages
+
+        start = time.perf_counter()
+        if self.cache is None or stage not in stages.CACHED_STAGES:
+            artifact = self._build(stage, parent)
+            self.events[stage] = {"cache": "off" if self.cache is None else "not cached", "key": None,
+                                  "seconds": time.perf_counter() - start}
+            return artifact
+        self.preflight()
+        material = self.keys[stage]
+        key = material["key"]
+        entry = self.cache.load(stage, key)
+        outcome = "hit"
+        if entry is None:
+            with self.cache.lock(stage, key, f"the {stage} of {self.recipe.name}"):
+                entry = self.cache.load(stage, key)  # built by another worker while we waited?
+                if entry is None:
+                    artifact = self._build(stage, parent)
+                    meta = {**stages.entry_meta(artifact), "recipe": self.recipe.name, "key_material": material}
+                    self.cache.store(stage, key, artifact.files, meta)
+                    self.events[stage] = {"cache": "built", "key": key, "seconds": time.perf_counter() - start}
+                    return artifact
+                outcome = "hit (built by another process)"
+        self.log(f"{self.recipe.name}: {stage} from cache ({self.cache.show(entry.path)})")
+        artifact = stages.load_artifact(self.ctx, stage, entry.files, entry.meta)
+        self.events[stage] = {"cache": outcome, "key": key, "seconds": time.perf_counter() - start}
+        return artifact
 
     def _build(self, stage: str, parent):
         from . import stages
@@ -114,6 +179,13 @@ class RecipeRun:
         if stage == "restored":
             return stages.restore(ctx, parent)
         return stages.finetune(ctx, parent, self.recipe.step("finetune"))
+
+
+def stages_of(recipe: Recipe) -> list[str]:
+    """The stages a recipe's steps produce, in pipeline order."""
+    kinds = [s.kind for s in recipe.steps]
+    return ["baseline"] + (["pruned", "restored"] if "fastnas" in kinds else []) + (
+        ["finetuned"] if "finetune" in kinds else [])
 
 
 def search_space_bounds(ctx, step: FastNASStep, divisor: int | None = None) -> dict[str, float]:
@@ -141,12 +213,13 @@ def _active_params(model, dummy_input) -> int:
     return int(param_num_from_forward(model, args=dummy_input, unit=1.0))
 
 
-def check_fastnas_target(ctx, step: FastNASStep, path: str) -> dict[str, float]:
+def check_fastnas_target(ctx, step: FastNASStep, path: str,
+                         bounds: dict[str, float] | None = None) -> dict[str, float]:
     """Raise ``RecipeError`` if no subnet of the search space meets the step's constraint."""
     from .limits import parse_percent
     from .measure import human
 
-    bounds = search_space_bounds(ctx, step)
+    bounds = bounds if bounds is not None else search_space_bounds(ctx, step)
     name, limit = step.constraint
     lo, hi = bounds[f"min_{name}"], bounds[f"max_{name}"]
     frac = parse_percent(limit)

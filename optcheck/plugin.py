@@ -23,10 +23,35 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="device for training and evaluation (default: ini optcheck_device, else auto)")
     group.addoption("--optcheck-seed", type=int, default=None, metavar="N",
                     help="seed for every recipe, overriding the recipe's own (default: ini optcheck_seed)")
+    group.addoption("--optcheck-cache-dir", default=None, metavar="DIR",
+                    help="artifact cache (default: ini optcheck_cache_dir, else .optcheck/cache under the rootdir)")
+    group.addoption("--optcheck-no-cache", action="store_true", default=False,
+                    help="build every artifact; neither read nor write the cache")
+    group.addoption("--optcheck-rebuild", action="store_true", default=False,
+                    help="rebuild the artifacts this session needs and replace their cache entries; keep the rest")
+    group.addoption("--optcheck-lock-timeout", type=float, default=None, metavar="SECONDS",
+                    help="how long to wait for another process building the same artifact (default 3600)")
+    group.addoption("--optcheck-threads", default=None, metavar="N|auto",
+                    help="torch threads per process (default: ini optcheck_threads; auto = cores / xdist workers)")
+    group.addoption("--optcheck-ledger", default=None, metavar="PATH|off",
+                    help="regression ledger file (default: ini optcheck_ledger, else optcheck-ledger.toml in "
+                         "the first recipe folder); off disables the ledger checks")
+    group.addoption("--optcheck-update", action="store_const", const="failed", dest="optcheck_update",
+                    default=None, help="write failed or missing ledger entries (those checks still fail)")
+    group.addoption("--optcheck-update-all", action="store_const", const="all", dest="optcheck_update",
+                    help="accept every measured value into the ledger (the checks pass)")
+    group.addoption("--optcheck-report", default=None, metavar="PATH",
+                    help="write a JSON report: machine, versions, git commit, metrics, verdicts, cache hits")
+    group.addoption("--optcheck-plot", default=None, metavar="PATH",
+                    help="write a PNG of accuracy against FLOPs for every recipe (needs matplotlib)")
     parser.addini("optcheck_recipes", "recipe files or folders, relative to the rootdir",
                   type="paths", default=[])
     parser.addini("optcheck_device", "auto, cpu or cuda", default="auto")
     parser.addini("optcheck_seed", "seed for recipes that set none", default="0")
+    parser.addini("optcheck_cache_dir", "artifact cache directory, relative to the rootdir", default=".optcheck/cache")
+    parser.addini("optcheck_threads", "torch threads per process: a number, or auto (cores / xdist workers)",
+                  default="auto")
+    parser.addini("optcheck_ledger", "regression ledger file relative to the rootdir, or off", default="")
 
 
 def _recipe_roots(config: pytest.Config) -> list[Path]:
@@ -53,11 +78,24 @@ def pytest_configure(config: pytest.Config) -> None:
                                     "this machine: use --optcheck-device=cpu or auto")
     state = OptcheckState(enabled=config.getoption("optcheck"), device=device,
                           seed=config.getoption("optcheck_seed"), default_seed=default_seed,
-                          basetemp=make_basetemp(config), log=_progress_logger(config))
+                          basetemp=make_basetemp(config), log=_progress_logger(config),
+                          rootdir=config.rootpath, update=config.getoption("optcheck_update"))
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        state.worker = workerinput.get("workerid", "gw?")
     config.stash[STATE_KEY] = state
     config.pluginmanager.register(_CollectWatcher(state), "optcheck-collect-watcher")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_XdistController(state), "optcheck-xdist")
     roots = [r.resolve() for r in _recipe_roots(config)]
     config.stash[_ROOTS] = roots
+    if state.enabled:
+        from .settings import open_cache, open_ledger, threads_setting
+
+        state.threads = threads_setting(config)
+        state.cache, state.cache_note = open_cache(config, state)
+        state.ledger = open_ledger(config, roots)
+        config.stash[_LEDGER_PATH] = state.ledger.path.resolve() if state.ledger else None
     # `--optcheck-recipes PATH`, or `--optcheck` with no paths on the command line: collect the
     # recipes as well as whatever else pytest collects.
     explicit = config.args_source == pytest.Config.ArgsSource.ARGS
@@ -68,6 +106,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 _ROOTS = pytest.StashKey[list]()
+_LEDGER_PATH = pytest.StashKey[object]()
 
 
 def _arg_paths(config: pytest.Config) -> list[str]:
@@ -99,6 +138,8 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
     if file_path.suffix != ".toml":
         return None
     resolved = file_path.resolve()
+    if resolved == parent.config.stash.get(_LEDGER_PATH, None):
+        return None  # the regression ledger lives next to the recipes but is not one
     if any(_inside(resolved, root) for root in parent.config.stash.get(_ROOTS, [])):
         from .items import RecipeFile
 
@@ -107,7 +148,8 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
 
 
 class _CollectWatcher:
-    """Remembers which nodes failed to collect, for ``pytest_runtestloop`` below."""
+    """Remembers which nodes failed to collect (for ``pytest_runtestloop`` below) and the outcome of
+    every optcheck check (on the xdist controller: from the reports the workers send)."""
 
     def __init__(self, state: OptcheckState):
         self.state = state
@@ -115,6 +157,16 @@ class _CollectWatcher:
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
             self.state.collect_failures.add(report.nodeid)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        props = dict(report.user_properties)
+        if "optcheck.check" not in props:
+            return
+        if report.when != "call" and not (report.failed or report.skipped):
+            return
+        from .report import verdict_of
+
+        self.state.record_verdict(props["optcheck.recipe"], props["optcheck.check"], verdict_of(report, props))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -128,20 +180,45 @@ def pytest_runtestloop(session: pytest.Session) -> None:
         session.config.option.continue_on_collection_errors = True
 
 
+class _XdistController:
+    """On the xdist controller: receive each worker's results when it shuts down."""
+
+    def __init__(self, state: OptcheckState):
+        self.state = state
+
+    def pytest_testnodedown(self, node, error) -> None:
+        part = getattr(node, "workeroutput", {}).get("optcheck")
+        if part:
+            self.state.remote.append(part)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    state = session.config.stash.get(STATE_KEY, None)
+    if state is None or not state.enabled:
+        return
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: the controller writes everything
+        workeroutput["optcheck"] = state.export()
+        return
+    from .report import finish_session
+
+    session.config.stash[_WRITTEN] = finish_session(session.config, state)
+
+
+_WRITTEN = pytest.StashKey[list]()
+
+
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     state = config.stash.get(STATE_KEY, None)
-    if state is None or not any(run.artifacts for run in state.runs.values()):
+    if state is None or not state.enabled:
         return
-    from .report import results_table
+    from .report import terminal_lines
 
-    terminalreporter.section("optcheck results")
-    for key, run in state.runs.items():
-        if run.artifacts:
-            metrics = {stage: art.metrics.as_dict() for stage, art in run.artifacts.items()}
-            verdicts = {b: outcome for b, (outcome, _) in state.verdicts.get(key, {}).items()}
-            for line in results_table(f"{run.recipe.name} ({run.path}, seed {run.seed})", metrics, verdicts):
-                terminalreporter.write_line(line)
-            terminalreporter.write_line("")
+    lines = terminal_lines(state, config.stash.get(_WRITTEN, []))
+    if lines:
+        terminalreporter.section("optcheck results")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 # -- fixtures --------------------------------------------------------------------------------------

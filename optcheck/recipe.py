@@ -138,6 +138,13 @@ class Budgets(_Strict):
         return [name for name in BUDGETS if getattr(self, name) not in (None, False)]
 
 
+class LedgerDefaults(_Strict):
+    """Tolerances written into new regression-ledger entries of this recipe (each entry keeps its own)."""
+
+    accuracy_tolerance: float = Field(0.01, ge=0, le=1, description="absolute, two-sided")
+    bytes_tolerance: float = Field(0.05, ge=0, description="relative, two-sided")
+
+
 class Recipe(_Strict):
     name: str
     description: str = ""
@@ -147,6 +154,7 @@ class Recipe(_Strict):
     train: TrainConfig = TrainConfig()
     steps: list[Step] = []
     budgets: Budgets
+    ledger: LedgerDefaults = LedgerDefaults()
     path: Path | None = Field(None, exclude=True)
 
     @model_validator(mode="after")

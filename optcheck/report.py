@@ -1,15 +1,156 @@
-"""The end-of-session results table: one per recipe, rendered from the run's metrics."""
+"""Reports from the session's plain-data results: the terminal table, the JSON report, the GitHub
+step-summary Markdown, and (through ``plot.py``) the accuracy-vs-FLOPs PNG.
+
+The results are what ``OptcheckState.merged()`` returns: one dict per recipe with its stages
+(metrics and cache events per process), budget limits, check verdicts and ledger comparisons.
+"""
 
 from __future__ import annotations
 
-from .measure import human
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from .limits import human
 
 _LABELS = {"baseline": "baseline", "pruned": "pruned", "restored": "restored", "finetuned": "fine-tuned"}
+_ICON = {"passed": "✅", "failed": "❌", "error": "❌", "skipped": "⏭️", "xfailed": "⚠️", "xpassed": "❗"}
 
+
+class ReportWarning(UserWarning):
+    """A report file could not be written (the tests' outcome is unaffected)."""
+
+
+# -- verdicts -----------------------------------------------------------------------------------------
+
+def verdict_of(report, props: dict[str, Any]) -> dict[str, Any]:
+    """One check's outcome from its pytest report (works on the xdist controller too)."""
+    outcome = report.outcome
+    if hasattr(report, "wasxfail"):
+        outcome = "xfailed" if report.skipped else "xpassed"
+    elif report.failed and report.when != "call":
+        outcome = "error"
+    elif report.failed and "[XPASS(strict)]" in str(report.longrepr):
+        outcome = "xpassed"
+    message = ""
+    if report.skipped and isinstance(report.longrepr, tuple):
+        message = str(report.longrepr[2]).removeprefix("Skipped: ")
+    elif report.failed:
+        message = report.longreprtext.strip()[:2000]
+    elif hasattr(report, "wasxfail"):
+        message = report.wasxfail
+    details = {k.removeprefix("optcheck."): v for k, v in props.items()
+               if k.startswith("optcheck.") and k not in ("optcheck.recipe", "optcheck.check")}
+    return {"outcome": outcome, "message": message, "details": details}
+
+
+# -- metadata ---------------------------------------------------------------------------------------------
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def git_info(cwd: Path) -> dict[str, Any]:
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD") or os.environ.get("GITHUB_SHA")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "branch": git("rev-parse", "--abbrev-ref", "HEAD") or os.environ.get("GITHUB_REF_NAME"),
+            "dirty": None if status is None else bool(status)}
+
+
+def session_meta(config, state) -> dict[str, Any]:
+    gpu = None
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(0)
+    import optcheck
+
+    return {
+        "optcheck": optcheck.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "args": list(config.invocation_params.args),
+        "machine": {"platform": platform.platform(), "machine": platform.machine(),
+                    "processor": platform.processor() or None, "cpus": os.cpu_count(),
+                    "python": platform.python_version(), "gpu": gpu, "host": platform.node()},
+        "versions": {d: _version(d) for d in ("torch", "torchvision", "nvidia-modelopt", "torchprofile",
+                                              "pytest", "pytest-xdist", "numpy")},
+        "git": git_info(config.rootpath),
+        "device": state.device, "threads": state.threads,
+        "workers": int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0) or len(state.remote) or 1,
+        "cache": state.cache_note,
+        "ledger": state.ledger.display if state.ledger else None,
+        "update": state.update,
+    }
+
+
+# -- the end of the session ---------------------------------------------------------------------------
+
+def finish_session(config, state) -> list[str]:
+    """Write the ledger updates and every requested report, once; return lines for the summary."""
+    from .ledger import write_updates
+
+    recipes, updates = state.merged()
+    written: list[str] = []
+    if updates and state.ledger is not None:
+        write_updates(state.ledger.path, updates)
+        written.append(f"ledger: wrote {len(updates)} entr{'y' if len(updates) == 1 else 'ies'} to "
+                       f"{state.ledger.display} (review the diff and commit it)")
+    doc = {"meta": session_meta(config, state), "recipes": recipes}
+    state.final = doc
+    base = config.invocation_params.dir
+    target = config.getoption("optcheck_report")
+    if target:
+        path = Path(target) if Path(target).is_absolute() else base / target
+        if _write(path, lambda p: p.write_text(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")):
+            written.append(f"report: {target}")
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        def append(p: Path) -> None:
+            with open(p, "a", encoding="utf-8") as f:
+                f.write(markdown(doc) + "\n")
+        if _write(Path(summary), append):
+            written.append(f"step summary: appended to $GITHUB_STEP_SUMMARY ({summary})")
+    target = config.getoption("optcheck_plot")
+    if target:
+        from .plot import write_plot
+
+        path = Path(target) if Path(target).is_absolute() else base / target
+        if _write(path, lambda p: write_plot(doc, p)):
+            written.append(f"plot: {target}")
+    return written
+
+
+def _write(path: Path, writer) -> bool:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer(path)
+        return True
+    except Exception as exc:  # a report must never turn a green run red, nor hide why it is missing
+        warnings.warn(ReportWarning(f"optcheck could not write {path}: {type(exc).__name__}: {exc}"), stacklevel=2)
+        return False
+
+
+# -- rendering ------------------------------------------------------------------------------------------
 
 def results_table(name: str, metrics: dict[str, dict], verdicts: dict[str, str] | None = None) -> list[str]:
     """Lines of a fixed-width table; ``metrics`` maps stage -> ``Metrics.as_dict()`` and
-    ``verdicts`` budget -> outcome."""
+    ``verdicts`` check -> outcome."""
     base = metrics.get("baseline")
     header = ("stage", "test acc", "Δ acc", "val acc", "FLOPs", "FLOPs %", "params", "checkpoint", "time")
     rows = []
@@ -32,5 +173,95 @@ def results_table(name: str, metrics: dict[str, dict], verdicts: dict[str, str] 
     lines = [f"optcheck results: {name}", fmt.format(*header), fmt.format(*("-" * w for w in widths))]
     lines += [fmt.format(*r) for r in rows]
     if verdicts:
-        lines.append("budgets: " + ", ".join(f"{b} {v}" for b, v in verdicts.items()))
+        lines.append("checks: " + ", ".join(f"{b} {v}" for b, v in verdicts.items()))
     return lines
+
+
+def cache_summary(stages: dict[str, dict]) -> str:
+    parts = []
+    for stage, info in stages.items():
+        events = [e for e in info["events"] if e.get("cache") not in (None, "not cached")]
+        if not events:
+            continue
+        built = [e["worker"] for e in events if e["cache"] == "built"]
+        hits = [e for e in events if str(e["cache"]).startswith("hit")]
+        if built:
+            text = f"built by {', '.join(built)}" + (f", reused by {len(hits)}" if hits else "")
+        elif hits:
+            text = "cache hit"
+        else:
+            text = "cache off"
+        parts.append(f"{stage} {text}")
+    return "; ".join(parts)
+
+
+def terminal_lines(state, written: list[str]) -> list[str]:
+    doc = getattr(state, "final", None)
+    if doc is None:
+        return []
+    lines: list[str] = []
+    for r in doc["recipes"]:
+        if not r["stages"]:
+            continue
+        metrics = {s: info["metrics"] for s, info in r["stages"].items()}
+        verdicts = {c: v["outcome"] for c, v in r.get("verdicts", {}).items()}
+        lines += results_table(f"{r['recipe']} ({r['path']}, seed {r.get('seed')})", metrics, verdicts)
+        cache = cache_summary(r["stages"])
+        if cache:
+            lines.append(f"cache: {cache}")
+        for stage, check in r.get("ledger", {}).items():
+            if check.get("mismatches"):
+                lines.append(f"ledger {stage}: " + "; ".join(check["mismatches"]))
+        lines.append("")
+    lines.append(f"optcheck cache: {state.cache_note}; ledger: {doc['meta']['ledger'] or 'off'}")
+    lines += written
+    return lines
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{x * 100:.2f}%"
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The GitHub step summary: per recipe, the checks and the stage metrics with ledger deltas."""
+    meta = doc["meta"]
+    commit = (meta["git"].get("commit") or "unknown")[:12]
+    out = [f"## optcheck — commit `{commit}`, {meta['device']} "
+           f"({meta['machine']['gpu'] or meta['machine']['processor'] or meta['machine']['machine']})", ""]
+    for r in doc["recipes"]:
+        out.append(f"### {r['recipe']} (`{r['path']}`)")
+        out.append("")
+        verdicts = r.get("verdicts", {})
+        if verdicts:
+            out += ["| check | verdict | detail |", "| --- | --- | --- |"]
+            for check, v in verdicts.items():
+                limit = r.get("budgets", {}).get(check)
+                detail = f"limit {limit}" if limit is not None and limit is not True else ""
+                if v["outcome"] not in ("passed",) and v.get("message"):
+                    first = v["message"].splitlines()[0].replace("|", "\\|")
+                    detail = (detail + "; " if detail else "") + first[:160]
+                out.append(f"| {check} | {_ICON.get(v['outcome'], '')} {v['outcome']} | {detail} |")
+            out.append("")
+        if r["stages"]:
+            base = r["stages"].get("baseline", {}).get("metrics")
+            out += ["| stage | test acc | Δ vs baseline | FLOPs | params | checkpoint | cache | ledger Δ |",
+                    "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+            for stage, info in r["stages"].items():
+                m = info["metrics"]
+                delta = "" if not base or stage == "baseline" else f"{(m['test_acc'] - base['test_acc']) * 100:+.2f} pp"
+                flops = human(m["flops"]) + ("" if not base else f" ({m['flops'] / base['flops'] * 100:.0f}%)")
+                led = r.get("ledger", {}).get(stage)
+                if led is None:
+                    ledger = ""
+                elif led.get("delta") is None:
+                    ledger = "no entry"
+                else:
+                    d = led["delta"]
+                    ledger = (f"acc {d['test_acc'] * 100:+.2f} pp, FLOPs {d['flops']:+,}, params {d['params']:+,}"
+                              + (" ❌" if led.get("mismatches") else " ✅"))
+                out.append(f"| {_LABELS.get(stage, stage)} | {_pct(m['test_acc'])} | {delta} | {flops} | "
+                           f"{human(m['params'])} | {human(m['ckpt_bytes'], 'B')} | {cache_summary({stage: info}) or '-'} | {ledger} |")
+            out.append("")
+    out.append(f"<sub>cache: {meta['cache']} · ledger: {meta['ledger'] or 'off'} · workers: {meta['workers']} · "
+               f"torch {meta['versions']['torch']}, modelopt {meta['versions']['nvidia-modelopt']}</sub>")
+    return "\n".join(out)

@@ -1,7 +1,14 @@
-"""Per-session optcheck state: settings, one ``RecipeRun`` per recipe, verdicts for the summary."""
+"""Per-session optcheck state: settings, the cache and ledger, one ``RecipeRun`` per recipe, and the
+plain-data results that reports are made of.
+
+Under pytest-xdist every worker has its own state; at the end each worker exports its part
+(``export``) through ``config.workeroutput`` and the controller merges them (``results``), so the
+reports and the ledger are written once, by one process, after every worker has finished.
+"""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +27,19 @@ class OptcheckState:
     default_seed: int  # from the ini file: used when the recipe sets none
     basetemp: Callable[[str], Path] | None = None
     log: Callable[[str], None] = lambda _m: None
+    rootdir: Path = Path(".")
+    worker: str = "main"  # the xdist worker id ("gw0", ...) or "main"
+    threads: int | None = None  # torch intra-op threads for building artifacts (None: torch's default)
+    cache: Any = None  # ArtifactCache, or None when caching is off
+    cache_note: str = "off"
+    ledger: Any = None  # Ledger, or None when the ledger is off
+    update: str | None = None  # None, "failed" (--optcheck-update) or "all" (--optcheck-update-all)
     runs: dict[Path, Any] = field(default_factory=dict)
-    verdicts: dict[Path, dict[str, tuple[str, dict]]] = field(default_factory=dict)
+    verdicts: dict[str, dict[str, dict]] = field(default_factory=dict)  # recipe path -> check -> verdict
+    ledger_checks: dict[str, dict[str, dict]] = field(default_factory=dict)  # recipe path -> stage -> details
+    ledger_updates: dict[tuple[str, str, str], dict] = field(default_factory=dict)
+    remote: list[dict] = field(default_factory=list)  # exports received from xdist workers
+    final: dict | None = None  # the merged results and metadata, once the session has finished
     bad_recipes: set[str] = field(default_factory=set)  # node ids of recipe files that failed validation
     collect_failures: set[str] = field(default_factory=set)  # node ids of every failed collector
 
@@ -34,11 +52,73 @@ class OptcheckState:
             seed = self.seed if self.seed is not None else (
                 recipe.seed if recipe.seed is not None else self.default_seed)
             workdir = (lambda: self.basetemp(f"optcheck-{recipe.name}")) if self.basetemp else None
-            self.runs[key] = RecipeRun(recipe, device=self.device, seed=seed, workdir=workdir, log=self.log)
+            self.runs[key] = RecipeRun(recipe, device=self.device, seed=seed, workdir=workdir, log=self.log,
+                                       cache=self.cache, threads=self.threads)
         return self.runs[key]
 
-    def record(self, run, budget: str, outcome: str, details: dict) -> None:
-        self.verdicts.setdefault(Path(run.recipe.path).resolve(), {})[budget] = (outcome, details)
+    def relpath(self, path) -> str:
+        try:
+            return Path(path).resolve().relative_to(self.rootdir.resolve()).as_posix()
+        except ValueError:
+            return str(path)
+
+    def record_verdict(self, recipe_path: str, check: str, verdict: dict) -> None:
+        self.verdicts.setdefault(recipe_path, {})[check] = verdict
+
+    # -- results as plain data ----------------------------------------------------------------------
+    def export(self) -> dict[str, Any]:
+        """This process's part of the results, JSON-safe (what an xdist worker sends home)."""
+        from .cache import entry_meta_safe
+
+        runs = {}
+        for run in self.runs.values():
+            rel = self.relpath(run.recipe.path)
+            stages = {}
+            for stage, art in run.artifacts.items():
+                event = dict(run.events.get(stage, {}), worker=self.worker)
+                stages[stage] = {"metrics": art.metrics.as_dict(), "events": [event]}
+            runs[rel] = {
+                "recipe": run.recipe.name, "path": rel, "seed": run.seed,
+                "device": run.ctx.device.type if run.has_ctx else self.device,
+                "threads": self.threads, "bounds": run.bounds, "stages": stages,
+                "budgets": {b: _limit_of(run.recipe, b) for b in run.recipe.budgets.active()},
+                "ledger": self.ledger_checks.get(rel, {}),
+            }
+        return entry_meta_safe({
+            "worker": self.worker, "runs": runs,
+            "ledger_updates": [[*k, v] for k, v in self.ledger_updates.items()],
+        })
+
+    def merged(self) -> tuple[list[dict[str, Any]], dict[tuple[str, str, str], dict]]:
+        """Every process's results merged: ``(recipes, ledger_updates)``; recipes sorted by path."""
+        recipes: dict[str, dict[str, Any]] = {}
+        updates: dict[tuple[str, str, str], dict] = {}
+        for part in [self.export(), *self.remote]:
+            for rel, run in part["runs"].items():
+                mine = recipes.setdefault(rel, {**run, "stages": {}, "ledger": {}})
+                mine["bounds"] = mine.get("bounds") or run.get("bounds")
+                for stage, info in run["stages"].items():
+                    have = mine["stages"].setdefault(stage, {"metrics": info["metrics"], "events": []})
+                    have["events"] += info["events"]
+                mine["ledger"].update(run.get("ledger", {}))
+            for recipe, platform, stage, entry in part.get("ledger_updates", []):
+                updates[(recipe, platform, stage)] = entry
+        for rel, checks in self.verdicts.items():
+            if rel in recipes:
+                recipes[rel]["verdicts"] = checks
+            else:  # skipped or failed before anything was built
+                recipes[rel] = {"recipe": Path(rel).stem, "path": rel, "stages": {}, "ledger": {},
+                                "budgets": {}, "verdicts": checks}
+        for run in recipes.values():
+            run.setdefault("verdicts", {})
+            order = ("baseline", "pruned", "restored", "finetuned")
+            run["stages"] = {s: run["stages"][s] for s in order if s in run["stages"]}
+        return [recipes[k] for k in sorted(recipes)], updates
+
+
+def _limit_of(recipe, budget: str) -> Any:
+    value = getattr(recipe.budgets, budget)
+    return value.model_dump() if hasattr(value, "model_dump") else value
 
 
 def get_state(config: pytest.Config) -> OptcheckState:
@@ -50,3 +130,14 @@ def make_basetemp(config: pytest.Config) -> Callable[[str], Path]:
     if factory is not None:
         return lambda name: factory.mktemp(name, numbered=True)
     return lambda name: Path(tempfile.mkdtemp(prefix=f"{name}-"))
+
+
+def worker_threads(setting: str) -> int | None:
+    """torch threads per process: ``auto`` splits the usable cores among the xdist workers."""
+    if setting == "auto":
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+        if workers <= 1:
+            return None
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cores // workers)
+    return int(setting)

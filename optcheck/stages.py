@@ -197,3 +197,29 @@ def _modelopt():
     from .compat import import_modelopt
 
     return import_modelopt()
+
+
+# -- cache entries ---------------------------------------------------------------------------------
+
+CACHED_STAGES = ("baseline", "pruned", "finetuned")  # "restored" is always rebuilt: it is the round trip
+
+
+def entry_meta(artifact: Artifact) -> dict[str, Any]:
+    """What a cache entry keeps besides the files: the metrics and the JSON-safe info."""
+    from .cache import entry_meta_safe
+
+    return {"metrics": artifact.metrics.as_dict(), "info": entry_meta_safe(artifact.info)}
+
+
+def load_artifact(ctx: Context, stage: str, files: dict[str, Path], meta: dict[str, Any]) -> Artifact:
+    """Rebuild an ``Artifact`` from a verified cache entry (the inverse of ``entry_meta`` + files)."""
+    metrics = Metrics(**meta["metrics"])
+    if stage == "baseline":
+        model = ctx.make_model()
+        model.load_state_dict(torch.load(files["state_dict"], map_location=ctx.device, weights_only=True))
+        return Artifact(stage, model, metrics, files["state_dict"], dict(files), meta.get("info", {}))
+    if stage in ("pruned", "finetuned"):
+        _, mto, _ = _modelopt()
+        model = mto.restore(ctx.make_model(), files["modelopt"], map_location=ctx.device)
+        return Artifact(stage, model, metrics, files["modelopt"], dict(files), meta.get("info", {}))
+    raise KeyError(f"stage {stage!r} is not cached")

@@ -25,7 +25,7 @@ def heavy_modules_loaded_once():
 @pytest.fixture
 def project(pytester):
     """A project with one tiny recipe under recipes/."""
-    pytester.makeini("[pytest]\nfilterwarnings = ignore::UserWarning\n")
+    pytester.makeini("[pytest]\noptcheck_ledger = off\nfilterwarnings = ignore::UserWarning\n")
     pytester.mkdir("recipes")
     (pytester.path / "recipes" / "tiny.toml").write_text(tiny_recipe())
     return pytester
@@ -54,7 +54,7 @@ def test_with_the_flag_each_budget_is_an_item_and_the_table_is_printed(project):
         "stage*test acc*FLOPs*params*checkpoint*time*",
         "baseline*(n=48)*",
         "pruned*", "restored*", "fine-tuned*",
-        "budgets: flops_below passed, accuracy_drop_under passed, restore_roundtrip passed",
+        "checks: flops_below passed, accuracy_drop_under passed, restore_roundtrip passed",
     ])
     out = result.stdout.str()
     assert out.count("[optcheck] tiny: building baseline") == 1  # once per session
@@ -80,7 +80,7 @@ def test_a_broken_budget_fails_with_a_readable_message(project):
         "  limit * = 20% of reference *",
         "  over by *",
         "  hint *",
-        "*budgets: flops_below failed, accuracy_drop_under passed",
+        "*checks: flops_below failed, accuracy_drop_under passed",
     ])
     assert "Traceback" not in result.stdout.str() and "def check_budget" not in result.stdout.str()
 
@@ -179,14 +179,14 @@ def test_optcheck_recipes_option_and_seed(pytester):
     pytester.mkdir("elsewhere")
     (pytester.path / "elsewhere" / "tiny.toml").write_text(tiny_recipe())
     pytester.makepyfile(test_other="def test_ok(): pass")
-    result = pytester.runpytest_inprocess("--optcheck", "--optcheck-recipes", "elsewhere", "--optcheck-seed", "7",
+    result = pytester.runpytest_inprocess("--optcheck", "--optcheck-recipes", "elsewhere", "--optcheck-seed", "7", "--optcheck-ledger", "off",
                                           "-W", "ignore::UserWarning", "test_other.py")
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["optcheck results: tiny (*, seed 7)"])
 
 
 def test_ini_options(pytester):
-    pytester.makeini("[pytest]\noptcheck_recipes = cfg\noptcheck_seed = 3\nfilterwarnings = ignore::UserWarning\n")
+    pytester.makeini("[pytest]\noptcheck_ledger = off\noptcheck_recipes = cfg\noptcheck_seed = 3\nfilterwarnings = ignore::UserWarning\n")
     pytester.mkdir("cfg")
     (pytester.path / "cfg" / "tiny.toml").write_text(tiny_recipe().replace("seed = 0\n", ""))
     result = pytester.runpytest_inprocess("--optcheck")

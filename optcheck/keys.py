@@ -1,0 +1,178 @@
+"""Content keys of the pipeline's artifacts: what, if changed, must rebuild a stage.
+
+A stage's key hashes its own settings, the keys of the stages it builds on, and the environment
+(seed, device, library versions, the source of the optcheck modules that build artifacts). The
+baseline's key also holds a fingerprint of the data's *contents* and the source of any model or
+data factory. So editing a fine-tune setting rebuilds only the fine-tuned model; moving the dataset
+to another folder rebuilds nothing; editing the model factory rebuilds everything.
+
+Settings that cannot change an artifact are left out on purpose: the recipe's name and description,
+``data.root`` (the contents count, not the path), ``data.num_workers`` and ``data.eval_batch_size``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+# optcheck modules whose code decides what an artifact contains; editing one invalidates the cache
+BUILD_MODULES = ("compat", "data", "measure", "models", "stages", "training")
+_NOT_IN_KEY = {"root", "num_workers", "eval_batch_size"}
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def optcheck_build_id() -> str:
+    """optcheck's version plus a hash of the modules that build artifacts."""
+    import optcheck
+
+    here = Path(optcheck.__file__).parent
+    h = hashlib.sha256()
+    for name in BUILD_MODULES:
+        h.update((here / f"{name}.py").read_bytes())
+    return f"{optcheck.__version__}+{h.hexdigest()[:12]}"
+
+
+def environment(device) -> dict[str, str]:
+    """The parts of the machine and software stack an artifact depends on."""
+    import torch
+
+    dev = device.type
+    if dev == "cuda":
+        dev = f"cuda:{torch.cuda.get_device_name(device)}"
+    env = {
+        "device": dev,
+        "torch": torch.__version__,
+        "torchvision": _version("torchvision"),
+        "modelopt": _version("nvidia-modelopt"),
+        "torchprofile": _version("torchprofile"),
+        "optcheck": optcheck_build_id(),
+    }
+    if device.type == "cpu":  # CPU kernels split reductions by thread count: it changes the weights
+        env["threads"] = str(torch.get_num_threads())
+    return env
+
+
+def source_digest(spec: str) -> str | None:
+    """Hash of the source file that defines a ``package.module:function`` factory (None if builtin)."""
+    if ":" not in spec or spec.startswith("torchvision:"):
+        return None
+    from .data import load_factory
+
+    fn = load_factory(spec, "factory", "<key>")
+    try:
+        return hashlib.sha256(Path(inspect.getsourcefile(fn) or "").read_bytes()).hexdigest()
+    except (OSError, TypeError):
+        return digest(repr(fn))
+
+
+# -- data fingerprints ---------------------------------------------------------------------------------
+
+def dataset_fingerprint(dataset) -> str:
+    """A hash of a dataset's samples and labels (not its location).
+
+    Known containers are hashed from their arrays (fast); any other dataset is read sample by sample
+    under a fixed RNG seed so random transforms do not change the hash.
+    """
+    h = hashlib.sha256()
+    _feed(h, dataset, {})
+    return h.hexdigest()
+
+
+def _feed(h, ds, seen: dict[int, str]) -> None:
+    import numpy as np
+    import torch
+    from torch.utils.data import Subset, TensorDataset
+
+    from .data import TensorImages
+
+    def arr(x) -> None:
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().contiguous().numpy()
+        x = np.ascontiguousarray(np.asarray(x))
+        h.update(f"{x.dtype}{x.shape}".encode())
+        h.update(x.tobytes())
+
+    if isinstance(ds, Subset):
+        h.update(b"subset")
+        arr(np.asarray(ds.indices, dtype=np.int64))
+        if id(ds.dataset) in seen:  # two splits over one base (e.g. CIFAR train/val): hash it once
+            h.update(seen[id(ds.dataset)].encode())
+            return
+        sub = hashlib.sha256()
+        _feed(sub, ds.dataset, seen)
+        seen[id(ds.dataset)] = sub.hexdigest()
+        h.update(seen[id(ds.dataset)].encode())
+    elif isinstance(ds, TensorImages):
+        arr(ds.images)
+        arr(ds.labels)
+        h.update(repr(ds.transform).encode())
+    elif isinstance(ds, TensorDataset):
+        for t in ds.tensors:
+            arr(t)
+    elif hasattr(ds, "data") and hasattr(ds, "targets"):  # torchvision's CIFAR, MNIST, ...
+        arr(ds.data)
+        arr(np.asarray(ds.targets))
+        h.update(repr(getattr(ds, "transform", None)).encode())
+    else:
+        h.update(type(ds).__qualname__.encode())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            for i in range(len(ds)):
+                x, y = ds[i][:2]
+                arr(x)
+                arr(np.asarray(y))
+
+
+def data_fingerprint(bundle) -> str:
+    return digest({split: dataset_fingerprint(getattr(bundle, split)) for split in ("train", "val", "test")}
+                  | {"classes": bundle.num_classes, "shape": list(bundle.input_shape)})
+
+
+# -- stage keys ----------------------------------------------------------------------------------------
+
+def stage_keys(recipe, data_bundle, device, seed: int) -> dict[str, dict[str, Any]]:
+    """The key material of every cacheable stage of ``recipe``: ``{stage: material}``.
+
+    ``material["key"]`` is the hash; the rest is kept in the cache manifest to explain a rebuild.
+    """
+    env = environment(device)
+    data = recipe.data.model_dump(exclude=_NOT_IN_KEY)
+    model = recipe.model.model_dump()
+    shape = {"classes": data_bundle.num_classes, "shape": list(data_bundle.input_shape)}
+    out: dict[str, dict[str, Any]] = {}
+
+    def add(stage: str, material: dict[str, Any]) -> None:
+        material = {"stage": stage, "env": env, **material}
+        out[stage] = {**material, "key": digest(material)}
+
+    model_src = source_digest(recipe.model.name)
+    add("baseline", {
+        "seed": seed, "data": data, "data_fingerprint": data_fingerprint(data_bundle),
+        "data_factory": source_digest(recipe.data.dataset), "model": model, "model_factory": model_src,
+        "train": recipe.train.model_dump(),
+    })
+    fastnas = recipe.step("fastnas")
+    if fastnas is not None:
+        step = fastnas.model_dump()
+        add("bounds", {"model": model, "model_factory": model_src, "input": shape, "seed": seed,
+                       "divisors": [step["channel_divisor"], step["feature_divisor"]]})
+        add("pruned", {"after": out["baseline"]["key"], "step": step})
+        finetune = recipe.step("finetune")
+        if finetune is not None:
+            add("finetuned", {"after": out["pruned"]["key"], "step": finetune.model_dump(),
+                              "train": recipe.train.model_dump(), "batch_size": recipe.data.batch_size})
+    return out

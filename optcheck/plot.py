@@ -1,0 +1,78 @@
+"""The accuracy-against-FLOPs picture of every recipe, drawn with matplotlib (Agg, no display).
+
+One panel per recipe: baseline, pruned and fine-tuned models as points joined in pipeline order,
+the FLOPs budget as a vertical line and the accuracy floor (baseline minus the allowed drop) as a
+horizontal one, so a reader sees at once which side of each line the compressed model landed on.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+_STYLE = {"baseline": ("o", "tab:blue", "baseline"), "pruned": ("s", "tab:orange", "pruned"),
+          "restored": ("D", "tab:gray", "restored"), "finetuned": ("*", "tab:green", "fine-tuned")}
+
+
+def flops_limit(limit: Any, baseline_flops: float) -> float | None:
+    from .limits import parse_percent
+
+    if limit is None:
+        return None
+    frac = parse_percent(limit)
+    return frac * baseline_flops if frac is not None else float(limit)
+
+
+def write_plot(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    recipes = [r for r in doc["recipes"] if r["stages"]]
+    n = max(1, len(recipes))
+    cols = min(n, 2)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.6 * rows), squeeze=False)
+    for ax in axes.flat[len(recipes):]:
+        ax.axis("off")
+    if not recipes:
+        axes.flat[0].text(0.5, 0.5, "no recipe built a model in this session", ha="center", va="center")
+    for ax, r in zip(axes.flat, recipes):
+        stages = {s: info["metrics"] for s, info in r["stages"].items() if s != "restored"}
+        xs = [m["flops"] / 1e6 for m in stages.values()]
+        ys = [m["test_acc"] * 100 for m in stages.values()]
+        ax.plot(xs, ys, color="0.7", linewidth=1, zorder=1)
+        for stage, m in stages.items():
+            marker, color, label = _STYLE.get(stage, ("o", "k", stage))
+            x, y = m["flops"] / 1e6, m["test_acc"] * 100
+            ax.scatter([x], [y], marker=marker, color=color, s=140 if marker == "*" else 70, zorder=3,
+                       label=f"{label}: {y:.2f}%, {x:.1f}M FLOPs")
+        base = stages.get("baseline")
+        budgets = r.get("budgets", {})
+        if base is not None:
+            fl = flops_limit(budgets.get("flops_below"), base["flops"])
+            if fl is not None:
+                ax.axvline(fl / 1e6, color="tab:red", linestyle="--", linewidth=1.2,
+                           label=f"FLOPs budget: {fl / 1e6:.1f}M ({budgets['flops_below']})")
+            drop = budgets.get("accuracy_drop_under")
+            if drop is not None:
+                floor = (base["test_acc"] - drop) * 100
+                ax.axhline(floor, color="tab:purple", linestyle=":", linewidth=1.2,
+                           label=f"accuracy floor: {floor:.2f}% (drop < {drop * 100:g} pp)")
+        ax.set_xlabel("FLOPs (millions, lower is better)")
+        ax.set_ylabel("test accuracy (%)")
+        verdicts = r.get("verdicts", {})
+        failed = [c for c, v in verdicts.items() if v["outcome"] in ("failed", "error", "xpassed")]
+        status = "all checks passed" if verdicts and not failed else (f"failed: {', '.join(failed)}" if failed else "")
+        ax.set_title(f"{r['recipe']}\n{status}", fontsize=10, color="tab:red" if failed else "black")
+        ax.grid(alpha=0.3)
+        ax.set_xlim(left=0)
+        ax.legend(fontsize=7.5, loc="lower right")
+    meta = doc.get("meta", {})
+    commit = ((meta.get("git") or {}).get("commit") or "")[:12]
+    fig.suptitle(f"optcheck: accuracy vs FLOPs ({meta.get('device', '')}{', ' + commit if commit else ''})", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,100 @@
+"""Turn the command line and ini values into the session's cache, ledger and thread count.
+
+Called from ``pytest_configure`` only when ``--optcheck`` is given; imports no torch.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import uuid
+from pathlib import Path
+
+import pytest
+
+LEDGER_NAME = "optcheck-ledger.toml"
+
+
+def threads_setting(config: pytest.Config) -> int | None:
+    from .session import worker_threads
+
+    value = str(config.getoption("optcheck_threads") or config.getini("optcheck_threads")).strip()
+    if value != "auto" and not (value.isdigit() and int(value) > 0):
+        raise pytest.UsageError(f"optcheck threads = {value!r}: use a whole number > 0, or auto "
+                                f"(--optcheck-threads or the optcheck_threads ini value)")
+    return worker_threads(value)
+
+
+def open_cache(config: pytest.Config, state):
+    """``(ArtifactCache | None, note)``. An unwritable directory is not an error: the session runs
+    without a cache and says so in a warning and in the summary."""
+    from .cache import ArtifactCache, CacheWarning
+
+    if config.getoption("optcheck_no_cache"):
+        return None, "off (--optcheck-no-cache)"
+    given = config.getoption("optcheck_cache_dir")
+    raw = given or config.getini("optcheck_cache_dir")
+    base = config.invocation_params.dir if given else config.rootpath
+    root = Path(raw) if Path(raw).is_absolute() else base / raw
+    workerinput = getattr(config, "workerinput", None)
+    session = workerinput.get("testrunuid") if workerinput else None
+    timeout = config.getoption("optcheck_lock_timeout")
+    cache, why = ArtifactCache.open(root, rebuild=config.getoption("optcheck_rebuild"),
+                                    session=session or uuid.uuid4().hex,
+                                    lock_timeout=3600.0 if timeout is None else timeout,
+                                    log=state.log, display_root=raw)
+    if cache is None:
+        config.issue_config_time_warning(CacheWarning(
+            f"optcheck cache directory {raw} cannot be written ({why}): this session runs without a "
+            f"cache and builds every artifact. Fix the permissions, or point --optcheck-cache-dir "
+            f"(ini optcheck_cache_dir) at a writable folder."), stacklevel=2)
+        return None, f"off: {raw} is not writable ({why})"
+    mode = ", rebuilding what this session needs" if cache.rebuild else ""
+    return cache, f"{raw}{mode}"
+
+
+def ledger_path(config: pytest.Config, roots: list[Path]) -> Path | None:
+    given = config.getoption("optcheck_ledger")
+    raw = given or config.getini("optcheck_ledger")
+    if raw.strip().lower() == "off":
+        return None
+    if raw:
+        base = config.invocation_params.dir if given else config.rootpath
+        return Path(raw) if Path(raw).is_absolute() else base / raw
+    first = next((r for r in roots if r.is_dir()), roots[0] if roots else config.rootpath)
+    return (first if first.is_dir() else first.parent) / LEDGER_NAME
+
+
+def open_ledger(config: pytest.Config, roots: list[Path]):
+    """The validated ledger, or None when it is off. A broken ledger is a usage error: nothing runs,
+    so nothing can overwrite it."""
+    from .ledger import LedgerError, load_ledger
+
+    path = ledger_path(config, roots)
+    if path is None:
+        return None
+    try:
+        display = path.resolve().relative_to(config.rootpath.resolve()).as_posix()
+    except ValueError:
+        display = str(path)
+    try:
+        return load_ledger(path, known_recipe_names(roots, path), display)
+    except LedgerError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def known_recipe_names(roots: list[Path], ledger: Path) -> set[str]:
+    """Names of every recipe file under the roots (read without validation: a broken recipe still
+    owns its ledger entries)."""
+    names = set()
+    for root in roots:
+        files = [root] if root.is_file() else sorted(root.rglob("*.toml")) if root.is_dir() else []
+        for f in files:
+            if f.resolve() == ledger.resolve():
+                continue
+            try:
+                raw = tomllib.loads(f.read_text(encoding="utf-8"))
+            except (OSError, tomllib.TOMLDecodeError):
+                raw = {}
+            name = raw.get("name") if isinstance(raw.get("name"), str) else f.stem
+            names.add(name)
+    return names
