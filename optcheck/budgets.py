@@ -23,11 +23,11 @@ def check_budget(name: str, run: RecipeRun) -> dict[str, Any]:
         final = run.artifact(run.final_stage())
         flops = assert_flops_below(final.model, limit, dummy_input=ctx.dummy_input(),
                                    reference=baseline.metrics.flops)
-        return {"flops": flops, "baseline_flops": baseline.metrics.flops}
+        return {"flops": int(flops), "baseline_flops": baseline.metrics.flops}
     if name == "params_below":
         final = run.artifact(run.final_stage())
         params = assert_params_below(final.model, limit, reference=baseline.metrics.params)
-        return {"params": params, "baseline_params": baseline.metrics.params}
+        return {"params": int(params), "baseline_params": baseline.metrics.params}
     if name == "accuracy_drop_under":
         final = run.artifact(run.final_stage())
         drop = assert_accuracy_drop_under(baseline.model, final.model, ctx.test_loader, limit)

@@ -8,6 +8,7 @@ anything trains that the recipe's FastNAS target is reachable.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ class RecipeRun:
         self.cache = cache  # an ``ArtifactCache``, or None: build everything
         self.events: dict[str, dict[str, Any]] = {}  # stage -> {"cache": hit|built|off, "key", "seconds"}
         self._keys: dict[str, dict[str, Any]] | None = None
+        self.cache_seconds = 0.0  # time spent on cache work (keys, loads, checksums, stores)
         self.device_name = device
         self.seed = seed
         self._workdir = workdir or (lambda: Path(tempfile.mkdtemp(prefix=f"optcheck-{recipe.name}-")))
@@ -96,14 +98,25 @@ class RecipeRun:
     def _cached_bounds(self, step: FastNASStep) -> dict[str, float]:
         if self.cache is None:
             return search_space_bounds(self.ctx, step)
-        key = self.keys["bounds"]["key"]
-        entry = self.cache.load("bounds", key)
+        with self._cache_work():
+            key = self.keys["bounds"]["key"]
+            entry = self.cache.load("bounds", key)
         if entry is not None:
             return entry.meta["bounds"]
         bounds = search_space_bounds(self.ctx, step)
-        self.cache.store("bounds", key, {}, {"bounds": bounds, "recipe": self.recipe.name,
-                                             "key_material": self.keys["bounds"]})
+        with self._cache_work():
+            self.cache.store("bounds", key, {}, {"bounds": bounds, "recipe": self.recipe.name,
+                                                 "key_material": self.keys["bounds"]})
         return bounds
+
+    @contextlib.contextmanager
+    def _cache_work(self):
+        """Count the time spent on the cache itself (keys, checksums, copies): its overhead."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.cache_seconds += time.perf_counter() - start
 
     @property
     def keys(self) -> dict[str, dict[str, Any]]:
@@ -147,23 +160,30 @@ class RecipeRun:
                                   "seconds": time.perf_counter() - start}
             return artifact
         self.preflight()
-        material = self.keys[stage]
-        key = material["key"]
-        entry = self.cache.load(stage, key)
-        outcome = "hit"
+        with self._cache_work():
+            material = self.keys[stage]
+            key = material["key"]
+            entry = self.cache.load(stage, key)
+        outcome, waited = "hit", 0.0
         if entry is None:
+            waiting = time.perf_counter()
             with self.cache.lock(stage, key, f"the {stage} of {self.recipe.name}"):
-                entry = self.cache.load(stage, key)  # built by another worker while we waited?
+                waited = time.perf_counter() - waiting
+                with self._cache_work():
+                    entry = self.cache.load(stage, key)  # built by another worker while we waited?
                 if entry is None:
                     artifact = self._build(stage, parent)
-                    meta = {**stages.entry_meta(artifact), "recipe": self.recipe.name, "key_material": material}
-                    self.cache.store(stage, key, artifact.files, meta)
-                    self.events[stage] = {"cache": "built", "key": key, "seconds": time.perf_counter() - start}
+                    with self._cache_work():
+                        meta = {**stages.entry_meta(artifact), "recipe": self.recipe.name, "key_material": material}
+                        self.cache.store(stage, key, artifact.files, meta)
+                    self.events[stage] = {"cache": "built", "key": key, "seconds": time.perf_counter() - start,
+                                          "waited": waited}
                     return artifact
                 outcome = "hit (built by another process)"
         self.log(f"{self.recipe.name}: {stage} from cache ({self.cache.show(entry.path)})")
         artifact = stages.load_artifact(self.ctx, stage, entry.files, entry.meta)
-        self.events[stage] = {"cache": outcome, "key": key, "seconds": time.perf_counter() - start}
+        self.events[stage] = {"cache": outcome, "key": key, "seconds": time.perf_counter() - start,
+                              "waited": waited}
         return artifact
 
     def _build(self, stage: str, parent):

@@ -57,10 +57,17 @@ def write_plot(doc: dict[str, Any], path: Path) -> None:
                 ax.axvline(fl / 1e6, color="tab:red", linestyle="--", linewidth=1.2,
                            label=f"FLOPs budget: {fl / 1e6:.1f}M ({budgets['flops_below']})")
             drop = budgets.get("accuracy_drop_under")
+            floor = None
             if drop is not None:
                 floor = (base["test_acc"] - drop) * 100
                 ax.axhline(floor, color="tab:purple", linestyle=":", linewidth=1.2,
                            label=f"accuracy floor: {floor:.2f}% (drop < {drop * 100:g} pp)")
+            if fl is not None or floor is not None:  # where a compressed model meets both budgets
+                y0, y1 = ax.get_ylim()
+                right = fl / 1e6 if fl is not None else ax.get_xlim()[1]
+                ax.fill_between([0, right], floor if floor is not None else y0, y1, color="tab:green",
+                                alpha=0.08, zorder=0, label="within the budgets")
+                ax.set_ylim(y0, y1)
         ax.set_xlabel("FLOPs (millions, lower is better)")
         ax.set_ylabel("test accuracy (%)")
         verdicts = r.get("verdicts", {})
@@ -72,7 +79,8 @@ def write_plot(doc: dict[str, Any], path: Path) -> None:
         ax.legend(fontsize=7.5, loc="lower right")
     meta = doc.get("meta", {})
     commit = ((meta.get("git") or {}).get("commit") or "")[:12]
-    fig.suptitle(f"optcheck: accuracy vs FLOPs ({meta.get('device', '')}{', ' + commit if commit else ''})", fontsize=11)
+    devices = sorted({r.get("device") or "" for r in recipes} - {""}) or [meta.get("device", "")]
+    fig.suptitle(f"optcheck: accuracy vs FLOPs ({', '.join(devices)}{', ' + commit if commit else ''})", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

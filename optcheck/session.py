@@ -81,6 +81,7 @@ class OptcheckState:
                 "recipe": run.recipe.name, "path": rel, "seed": run.seed,
                 "device": run.ctx.device.type if run.has_ctx else self.device,
                 "threads": self.threads, "bounds": run.bounds, "stages": stages,
+                "cache_seconds": {self.worker: round(run.cache_seconds, 4)},
                 "budgets": {b: _limit_of(run.recipe, b) for b in run.recipe.budgets.active()},
                 "ledger": self.ledger_checks.get(rel, {}),
             }
@@ -97,6 +98,8 @@ class OptcheckState:
             for rel, run in part["runs"].items():
                 mine = recipes.setdefault(rel, {**run, "stages": {}, "ledger": {}})
                 mine["bounds"] = mine.get("bounds") or run.get("bounds")
+                if mine is not run:
+                    mine["cache_seconds"] = {**mine.get("cache_seconds", {}), **run.get("cache_seconds", {})}
                 for stage, info in run["stages"].items():
                     have = mine["stages"].setdefault(stage, {"metrics": info["metrics"], "events": []})
                     have["events"] += info["events"]
@@ -110,10 +113,19 @@ class OptcheckState:
                 recipes[rel] = {"recipe": Path(rel).stem, "path": rel, "stages": {}, "ledger": {},
                                 "budgets": {}, "verdicts": checks}
         for run in recipes.values():
-            run.setdefault("verdicts", {})
+            budgets = list(run.get("budgets", {}))
+            run["verdicts"] = dict(sorted(run.get("verdicts", {}).items(), key=lambda kv: _check_order(kv[0], budgets)))
             order = ("baseline", "pruned", "restored", "finetuned")
             run["stages"] = {s: run["stages"][s] for s in order if s in run["stages"]}
         return [recipes[k] for k in sorted(recipes)], updates
+
+
+def _check_order(check: str, budgets: list[str]) -> tuple:
+    """Budgets in the recipe's order, then the ledger checks in pipeline order (not finish order)."""
+    stages = ("ledger[baseline]", "ledger[pruned]", "ledger[finetuned]")
+    if check in stages:
+        return (1, stages.index(check), check)
+    return (0, budgets.index(check) if check in budgets else len(budgets), check)
 
 
 def _limit_of(recipe, budget: str) -> Any:

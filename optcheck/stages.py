@@ -65,8 +65,9 @@ class Context:
     workdir: Path
     log: Log = lambda _msg: None  # noqa: E731
 
-    @cached_property
     def train_loader(self):
+        """A new shuffling loader seeded from ``seed`` alone: each stage gets the same sample order
+        whether or not the stages before it ran in this process (a cached stage consumes nothing)."""
         d = self.recipe.data
         return make_loader(self.data.train, d.batch_size, shuffle=True, seed=self.seed,
                            num_workers=d.num_workers, pin_memory=self.device.type == "cuda")
@@ -109,7 +110,7 @@ def train_baseline(ctx: Context) -> Artifact:
     t = ctx.recipe.train
     schedule = Schedule(t.epochs, scaled_lr(t.lr, ctx.recipe.data.batch_size), t.momentum,
                         t.weight_decay, t.warmup_epochs)
-    history = train(model, ctx.train_loader, ctx.val_loader, schedule, device=ctx.device,
+    history = train(model, ctx.train_loader(), ctx.val_loader, schedule, device=ctx.device,
                     log=ctx.log, label="baseline")
     path = ctx.workdir / "baseline_state_dict.pth"
     torch.save(model.state_dict(), path)
@@ -156,7 +157,7 @@ def fastnas_prune(ctx: Context, baseline: Artifact, step: FastNASStep) -> Artifa
         mode=[("fastnas", fastnas_config(step))],
         constraints={name: value},
         dummy_input=ctx.dummy_input(),
-        config={"data_loader": ctx.train_loader, "score_func": score_func,
+        config={"data_loader": ctx.train_loader(), "score_func": score_func,
                 "checkpoint": str(search_ckpt), "max_iter_data_loader": step.calib_batches,
                 "verbose": False},
     )
@@ -185,7 +186,7 @@ def finetune(ctx: Context, restored: Artifact, step: FinetuneStep) -> Artifact:
     t = ctx.recipe.train
     lr = step.lr_scale * scaled_lr(t.lr, ctx.recipe.data.batch_size)
     schedule = Schedule(step.epochs, lr, t.momentum, t.weight_decay, step.warmup_epochs)
-    history = train(model, ctx.train_loader, ctx.val_loader, schedule, device=ctx.device,
+    history = train(model, ctx.train_loader(), ctx.val_loader, schedule, device=ctx.device,
                     log=ctx.log, label="finetune")
     path = ctx.workdir / "finetuned_modelopt.pth"
     mto.save(model, path)

@@ -1,47 +1,85 @@
-"""The shipped digits recipe end to end, through the same command the README gives for the main
-job: FastNAS must remove at least half the FLOPs and fine-tuning must bring test accuracy back to
-within 1 percentage point of the baseline."""
+"""The shipped recipes end to end, through the README's main-job command under `-n 2`: every budget
+and ledger check passes against the committed ledger, each artifact is built once across the
+workers, and a warm rerun builds nothing and reports the same numbers."""
 
 from __future__ import annotations
 
-import re
+import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from test_ci import readme_commands
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "recipes/digits_resnet20_fastnas.toml"
 
 
-@pytest.fixture(scope="module")
-def main_job(tmp_path_factory):
+def readme_pytest_args() -> list[str]:
+    main, _ = readme_commands()
+    words = shlex.split(main.split("&&")[-1])
+    assert words[0].endswith("pytest")
+    return words[1:]
+
+
+def run_main_job(tmp: Path, name: str) -> tuple[subprocess.CompletedProcess, dict]:
+    report = tmp / f"{name}.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "--optcheck", RECIPE, "-p", "no:cacheprovider",
-         "--basetemp", str(tmp_path_factory.mktemp("main-job")), "-v"],
-        cwd=ROOT, capture_output=True, text=True, timeout=1200)
-    return proc
+        [sys.executable, "-m", "pytest", *readme_pytest_args(), "-n", "2", "-v", "-p", "no:cacheprovider",
+         "--optcheck-cache-dir", str(tmp / "cache"), "--optcheck-report", str(report),
+         "--optcheck-plot", str(tmp / f"{name}.png"), "--basetemp", str(tmp / f"{name}-tmp")],
+        cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
+    return proc, json.loads(report.read_text())
 
 
-def table_row(output: str, stage: str) -> list[str]:
-    line = next(l for l in output.splitlines() if l.startswith(stage + " "))
-    return re.split(r"\s{2,}", line.strip())
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("main-job")
+    cold = run_main_job(tmp, "cold")
+    warm = run_main_job(tmp, "warm")
+    return cold, warm
+
+
+def digits(doc: dict) -> dict:
+    return next(r for r in doc["recipes"] if r["path"] == RECIPE)
 
 
 @pytest.mark.slow
-def test_every_budget_passes(main_job):
-    assert main_job.returncode == 0, main_job.stdout[-4000:] + main_job.stderr[-2000:]
-    for budget in ("flops_below", "params_below", "accuracy_drop_under", "restore_roundtrip"):
-        assert f"{RECIPE}::{budget} PASSED" in main_job.stdout
+def test_every_budget_and_ledger_check_passes(jobs):
+    (proc, doc), _ = jobs
+    for check in ("flops_below", "params_below", "accuracy_drop_under", "restore_roundtrip",
+                  "ledger[baseline]", "ledger[pruned]", "ledger[finetuned]"):
+        assert f"{RECIPE}::{check} PASSED" in proc.stdout
+    assert all(v["outcome"] == "passed" for v in digits(doc)["verdicts"].values())
 
 
 @pytest.mark.slow
-def test_results_table_meets_the_recipes_numbers(main_job):
-    out = main_job.stdout
-    assert "optcheck results: digits_resnet20_fastnas" in out
-    stage, test_acc, *_ = table_row(out, "baseline")
-    assert test_acc.endswith("(n=360)") and float(test_acc.split("%")[0]) >= 95.0
-    stage, test_acc, delta, val_acc, flops, flops_pct, *_ = table_row(out, "fine-tuned")
-    assert float(flops_pct.rstrip("%")) <= 50.0
-    assert float(delta.split()[0]) >= -1.0
+def test_two_workers_build_each_artifact_once(jobs):
+    (_, doc), _ = jobs
+    assert doc["meta"]["workers"] == 2
+    for stage in ("baseline", "pruned", "finetuned"):
+        events = [e["cache"] for e in digits(doc)["stages"][stage]["events"]]
+        assert events.count("built") == 1, (stage, events)
+
+
+@pytest.mark.slow
+def test_a_warm_rerun_builds_nothing_and_reports_the_same_numbers(jobs):
+    (_, cold), (_, warm) = jobs
+    for stage in ("baseline", "pruned", "finetuned"):
+        events = digits(warm)["stages"][stage]["events"]
+        assert all(e["cache"].startswith("hit") for e in events), (stage, events)
+        assert digits(warm)["stages"][stage]["metrics"] == digits(cold)["stages"][stage]["metrics"]
+
+
+@pytest.mark.slow
+def test_the_compressed_model_meets_the_recipes_numbers(jobs):
+    (_, doc), _ = jobs
+    stages = digits(doc)["stages"]
+    base, final = stages["baseline"]["metrics"], stages["finetuned"]["metrics"]
+    assert base["test_n"] == 360 and base["test_acc"] >= 0.95
+    assert final["flops"] <= 0.5 * base["flops"]
+    assert final["test_acc"] - base["test_acc"] >= -0.01

@@ -47,3 +47,28 @@ def test_asking_for_a_stage_the_recipe_lacks(tmp_path):
     assert run.available_stages() == ["baseline"]
     with pytest.raises(RecipeError, match="no 'fastnas' step, so there is no pruned model"):
         run.artifact("pruned")
+
+
+def test_a_stage_built_after_cached_ones_equals_one_built_in_sequence(tiny_run, tmp_path):
+    """Stages must not depend on what ran before them in the process (RNG state, loader order):
+    otherwise a cache hit upstream would change the model downstream."""
+    from optcheck.cache import ArtifactCache
+    from optcheck.pipeline import RecipeRun
+
+    cache = ArtifactCache(tmp_path / "cache")
+    first = RecipeRun(tiny_run.recipe, device="cpu", seed=0, cache=cache, workdir=lambda: tmp_path / "a")
+    (tmp_path / "a").mkdir()
+    for stage in first.available_stages():
+        first.artifact(stage)
+    for entry in (tmp_path / "cache" / "entries" / "finetuned").iterdir():
+        entry.rename(tmp_path / "removed")
+    (tmp_path / "b").mkdir()
+    second = RecipeRun(tiny_run.recipe, device="cpu", seed=0, cache=cache, workdir=lambda: tmp_path / "b")
+    rebuilt = second.artifact("finetuned")
+    assert [second.events[s]["cache"] for s in ("baseline", "pruned", "finetuned")] == ["hit", "hit", "built"]
+    for run in (first, tiny_run):  # with and without a cache, in one sequence
+        assert rebuilt.metrics.test_acc == run.artifacts["finetuned"].metrics.test_acc
+        assert rebuilt.metrics.val_acc == run.artifacts["finetuned"].metrics.val_acc
+    a = first.artifacts["finetuned"].model.state_dict()
+    b = rebuilt.model.state_dict()
+    assert all((a[k] == b[k]).all() for k in a)

@@ -1,0 +1,206 @@
+"""The CI features through pytester: cache options, the ledger workflow (missing, update, mismatch,
+known failure), a broken ledger, the JSON report, the step summary, the plot, JUnit properties,
+and pytest-xdist."""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from conftest import tiny_recipe
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def heavy_modules_loaded_once():
+    """See tests/test_plugin.py: compiled modules cannot be imported twice in one process."""
+    import matplotlib.pyplot  # noqa: F401
+    import sklearn.model_selection  # noqa: F401
+    import torchvision.transforms.v2  # noqa: F401
+
+    import optcheck.cache  # noqa: F401  (one CacheWarning class for every in-process run)
+    import optcheck.pipeline  # noqa: F401
+    import optcheck.stages  # noqa: F401
+    from optcheck.compat import import_modelopt
+
+    import_modelopt()
+
+
+@pytest.fixture
+def project(pytester, monkeypatch):
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    pytester.makeini("[pytest]\nfilterwarnings = ignore::UserWarning\n")
+    pytester.mkdir("recipes")
+    (pytester.path / "recipes" / "tiny.toml").write_text(tiny_recipe())
+    return pytester
+
+
+LEDGER = "recipes/optcheck-ledger.toml"
+
+
+def test_cache_second_run_builds_nothing_and_no_cache_builds_everything(project):
+    first = project.runpytest_inprocess("--optcheck", "--optcheck-ledger", "off")
+    first.assert_outcomes(passed=3)
+    assert "tiny: building baseline" in first.stdout.str()
+    assert (project.path / ".optcheck" / "cache" / "entries" / "baseline").is_dir()  # the default place
+    second = project.runpytest_inprocess("--optcheck", "--optcheck-ledger", "off")
+    second.assert_outcomes(passed=3)
+    out = second.stdout.str()
+    assert "building baseline" not in out and "building pruned" not in out and "building finetuned" not in out
+    second.stdout.fnmatch_lines(["cache: baseline cache hit; pruned cache hit; finetuned cache hit"])
+    assert "building restored" in out  # the round trip itself is never cached
+    off = project.runpytest_inprocess("--optcheck", "--optcheck-ledger", "off", "--optcheck-no-cache")
+    off.assert_outcomes(passed=3)
+    assert "tiny: building baseline" in off.stdout.str() and "optcheck cache: off (--optcheck-no-cache)" in off.stdout.str()
+    again = project.runpytest_inprocess("--optcheck", "--optcheck-ledger", "off", "--optcheck-rebuild")
+    again.assert_outcomes(passed=3)
+    assert again.stdout.str().count("tiny: building baseline") == 1
+
+
+def test_cache_dir_option_and_an_unwritable_one(project):
+    result = project.runpytest_inprocess("--optcheck", "--optcheck-ledger", "off", "--optcheck-cache-dir", "elsewhere")
+    result.assert_outcomes(passed=3)
+    assert (project.path / "elsewhere" / "entries" / "finetuned").is_dir()
+    (project.path / "blocker").write_text("a file, not a folder")
+    result = project.runpytest_inprocess("--optcheck", "--optcheck-ledger", "off", "--optcheck-cache-dir",
+                                         "blocker/cache", "-W", "always::optcheck.cache.CacheWarning")
+    result.assert_outcomes(passed=3)
+    out = result.stdout.str()
+    assert "optcheck cache directory blocker/cache cannot be written" in out and "runs without a cache" in out
+    assert "optcheck cache: off: blocker/cache is not writable" in out
+
+
+def test_a_corrupted_entry_is_rebuilt_with_a_warning_in_the_session(project):
+    project.runpytest_inprocess("--optcheck", "--optcheck-ledger", "off").assert_outcomes(passed=3)
+    [entry] = (project.path / ".optcheck" / "cache" / "entries" / "finetuned").iterdir()
+    (entry / "modelopt.pth").write_bytes(b"garbage")
+    result = project.runpytest_inprocess("--optcheck", "--optcheck-ledger", "off", "-W",
+                                         "always::optcheck.cache.CacheWarning")
+    result.assert_outcomes(passed=3)
+    out = result.stdout.str()
+    assert "CacheWarning" in out and "is unusable" in out and "will be rebuilt" in out
+    assert "building finetuned" in out and "building baseline" not in out
+
+
+def test_ledger_missing_then_update_then_pass(project):
+    result = project.runpytest_inprocess("--optcheck", "-v")
+    result.assert_outcomes(passed=3, failed=3)
+    result.stdout.fnmatch_lines(["recipes/tiny.toml::ledger[[]baseline[]] FAILED*",
+                                 f"[[]tiny.cpu.baseline[]] has no entry in the ledger {LEDGER}: record the "
+                                 "current values with `pytest --optcheck --optcheck-update`*"])
+    assert not (project.path / LEDGER).exists()
+    update = project.runpytest_inprocess("--optcheck", "--optcheck-update")
+    update.assert_outcomes(passed=3, failed=3)  # updating still fails the checks it updated
+    update.stdout.fnmatch_lines([f"ledger: wrote 3 entries to {LEDGER} (review the diff and commit it)"])
+    text = (project.path / LEDGER).read_text()
+    assert "[tiny.cpu.baseline]" in text and "[tiny.cpu.finetuned]" in text
+    project.runpytest_inprocess("--optcheck").assert_outcomes(passed=6)
+    assert (project.path / LEDGER).read_text() == text  # a passing run writes nothing
+
+
+def test_ledger_mismatch_fails_and_known_failure_xfails_then_xpasses_loudly(project):
+    project.runpytest_inprocess("--optcheck", "--optcheck-update-all").assert_outcomes(passed=6)
+    path = project.path / LEDGER
+    good = path.read_text()
+    flops = next(line for line in good.splitlines() if line.startswith("flops = "))
+    broken = good.replace(flops, "flops = 123", 1)  # the baseline entry
+    path.write_text(broken)
+    result = project.runpytest_inprocess("--optcheck")
+    result.assert_outcomes(passed=5, failed=1)
+    result.stdout.fnmatch_lines([f"[[]tiny.cpu.baseline[]] differs from the ledger {LEDGER}:",
+                                 "  flops: * now, 123 in the ledger (*; must match exactly)",
+                                 "  if the change is intended, accept it with `pytest --optcheck --optcheck-update`*"])
+    path.write_text(broken.replace("[tiny.cpu.baseline]\n", "[tiny.cpu.baseline]\nknown_failure = \"GH-9: refactor moved FLOPs\"\n"))
+    result = project.runpytest_inprocess("--optcheck", "-rx")
+    result.assert_outcomes(passed=5, xfailed=1)
+    result.stdout.fnmatch_lines(["XFAIL*ledger[[]baseline[]]*GH-9: refactor moved FLOPs*"])
+    path.write_text(good.replace("[tiny.cpu.baseline]\n", "[tiny.cpu.baseline]\nknown_failure = \"GH-9: fixed now\"\n"))
+    result = project.runpytest_inprocess("--optcheck")
+    result.assert_outcomes(passed=5, failed=1)
+    result.stdout.fnmatch_lines(["*XPASS(strict)*GH-9: fixed now*"])
+
+
+def test_update_all_accepts_a_changed_value_and_passes(project):
+    project.runpytest_inprocess("--optcheck", "--optcheck-update-all").assert_outcomes(passed=6)
+    path = project.path / LEDGER
+    good = path.read_text()
+    path.write_text(good.replace("params = ", "params = 1", 1))
+    project.runpytest_inprocess("--optcheck", "--optcheck-update-all").assert_outcomes(passed=6)
+    assert path.read_text() == good
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda t: t.replace("[tiny.cpu.baseline]", "[tinyy.cpu.baseline]"), ":*: unknown recipe 'tinyy'"),
+    (lambda t: t.replace("flops = ", "flops == ", 1), ":*: not valid TOML"),
+])
+def test_a_broken_ledger_stops_the_session_and_is_not_overwritten(project, edit, words):
+    project.runpytest_inprocess("--optcheck", "--optcheck-update-all").assert_outcomes(passed=6)
+    path = project.path / LEDGER
+    path.write_text(edit(path.read_text()))
+    before = path.read_bytes()
+    result = project.runpytest_inprocess("--optcheck", "--optcheck-update-all")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{LEDGER}{words}*", "*fix: *", "*the ledger file was not changed*"])
+    assert path.read_bytes() == before
+
+
+def test_report_step_summary_plot_and_junit(project, monkeypatch):
+    summary = project.path / "summary.md"
+    summary.write_text("earlier steps\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    result = project.runpytest_inprocess("--optcheck", "--optcheck-update-all", "--optcheck-report", "out/report.json",
+                                         "--optcheck-plot", "out/plot.png", "--junitxml", "out/junit.xml")
+    result.assert_outcomes(passed=6)
+    result.stdout.fnmatch_lines(["report: out/report.json", "step summary: appended*", "plot: out/plot.png"])
+    doc = json.loads((project.path / "out" / "report.json").read_text())
+    meta = doc["meta"]
+    assert meta["versions"]["torch"] and meta["versions"]["nvidia-modelopt"] and meta["machine"]["cpus"]
+    assert "commit" in meta["git"] and meta["cache"] == ".optcheck/cache" and meta["ledger"] == LEDGER
+    [recipe] = doc["recipes"]
+    assert recipe["path"] == "recipes/tiny.toml" and list(recipe["stages"]) == ["baseline", "pruned", "restored", "finetuned"]
+    assert recipe["stages"]["baseline"]["events"][0]["cache"] == "built"
+    assert recipe["stages"]["pruned"]["metrics"]["flops"] < recipe["stages"]["baseline"]["metrics"]["flops"]
+    assert recipe["verdicts"]["flops_below"]["outcome"] == "passed"
+    assert recipe["verdicts"]["flops_below"]["details"]["flops"] == recipe["stages"]["finetuned"]["metrics"]["flops"]
+    assert recipe["budgets"]["flops_below"] == "70%" and recipe["ledger"]["baseline"]["updated"] is True
+    md = summary.read_text()
+    assert md.startswith("earlier steps\n## optcheck")  # appended, never overwritten
+    assert "| flops_below | ✅ passed | limit 70% |" in md
+    assert "| baseline | " in md and "| fine-tuned | " in md and "built by main" in md
+    png = (project.path / "out" / "plot.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    tree = ET.parse(project.path / "out" / "junit.xml")
+    props = {p.get("name"): p.get("value") for case in tree.iter("testcase") if case.get("name") == "flops_below"
+             for p in case.iter("property")}
+    assert props["optcheck.check"] == "flops_below" and int(props["optcheck.flops"]) > 0
+
+
+def test_ledger_deltas_in_the_step_summary(project, monkeypatch):
+    project.runpytest_inprocess("--optcheck", "--optcheck-update-all").assert_outcomes(passed=6)
+    summary = project.path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    project.runpytest_inprocess("--optcheck").assert_outcomes(passed=6)
+    md = summary.read_text()
+    assert "acc +0.00 pp, FLOPs +0, params +0 ✅" in md and "cache hit" in md
+
+
+def test_under_xdist_each_artifact_is_built_once_and_reports_merge(project):
+    report = project.path / "report.json"
+    result = project.runpytest_subprocess("--optcheck", "-n", "2", "--optcheck-update-all",
+                                          "--optcheck-report", str(report), "-p", "no:cacheprovider",
+                                          timeout=600)
+    result.assert_outcomes(passed=6)
+    doc = json.loads(report.read_text())
+    [recipe] = doc["recipes"]
+    assert doc["meta"]["workers"] == 2
+    assert recipe["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)  # the cores split among the workers
+    for stage in ("baseline", "pruned", "finetuned"):
+        events = recipe["stages"][stage]["events"]
+        assert [e["cache"] for e in events].count("built") == 1, (stage, events)
+        assert {e["worker"] for e in events} <= {"gw0", "gw1"}
+    assert len(recipe["verdicts"]) == 6 and all(v["outcome"] == "passed" for v in recipe["verdicts"].values())
+    assert "[tiny.cpu.finetuned]" in (project.path / LEDGER).read_text()  # written once, by the controller
