@@ -25,16 +25,17 @@ def flops_limit(limit: Any, baseline_flops: float) -> float | None:
 
 
 def write_plot(doc: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    # the object API with the Agg canvas: no pyplot, no global state, no display needed
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     recipes = [r for r in doc["recipes"] if r["stages"]]
     n = max(1, len(recipes))
     cols = min(n, 2)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.6 * rows), squeeze=False)
+    fig = Figure(figsize=(6.4 * cols, 4.6 * rows))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[len(recipes):]:
         ax.axis("off")
     if not recipes:
@@ -82,5 +83,4 @@ def write_plot(doc: dict[str, Any], path: Path) -> None:
     devices = sorted({r.get("device") or "" for r in recipes} - {""}) or [meta.get("device", "")]
     fig.suptitle(f"optcheck: accuracy vs FLOPs ({', '.join(devices)}{', ' + commit if commit else ''})", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.savefig(path, dpi=100)

@@ -222,24 +222,45 @@ def _pct(x: float | None) -> str:
     return "" if x is None else f"{x * 100:.2f}%"
 
 
+def _signed(x: float, fmt: str) -> str:
+    text = format(x, fmt)
+    digits = text.lstrip("+-")
+    return "±" + digits if not digits.strip("0.,") else text
+
+
+def _limit_text(limit: Any) -> str:
+    if limit is None or limit is True:
+        return ""
+    if isinstance(limit, float) and limit >= 1000:
+        return f"limit {human(limit)}"
+    if isinstance(limit, dict):
+        return "limit " + ", ".join(f"{k}={v:g}" for k, v in limit.items())
+    return f"limit {limit}"
+
+
 def markdown(doc: dict[str, Any]) -> str:
     """The GitHub step summary: per recipe, the checks and the stage metrics with ledger deltas."""
     meta = doc["meta"]
     commit = (meta["git"].get("commit") or "unknown")[:12]
-    out = [f"## optcheck — commit `{commit}`, {meta['device']} "
-           f"({meta['machine']['gpu'] or meta['machine']['processor'] or meta['machine']['machine']})", ""]
+    devices = sorted({r.get("device") for r in doc["recipes"] if r.get("device") and r["stages"]}) or [meta["device"]]
+    machine = meta["machine"]["gpu"] or f"{meta['machine']['cpus']} CPUs"
+    out = [f"## optcheck — commit `{commit}`, {', '.join(devices)} ({machine})", ""]
     for r in doc["recipes"]:
         out.append(f"### {r['recipe']} (`{r['path']}`)")
         out.append("")
         verdicts = r.get("verdicts", {})
+        outcomes = {v["outcome"] for v in verdicts.values()}
+        if verdicts and outcomes == {"skipped"}:
+            reasons = sorted({v.get("message", "") for v in verdicts.values()})
+            out += [f"⏭️ all {len(verdicts)} checks skipped: {'; '.join(reasons)}", ""]
+            continue
         if verdicts:
             out += ["| check | verdict | detail |", "| --- | --- | --- |"]
             for check, v in verdicts.items():
-                limit = r.get("budgets", {}).get(check)
-                detail = f"limit {limit}" if limit is not None and limit is not True else ""
-                if v["outcome"] not in ("passed",) and v.get("message"):
+                detail = _limit_text(r.get("budgets", {}).get(check))
+                if v["outcome"] != "passed" and v.get("message"):
                     first = v["message"].splitlines()[0].replace("|", "\\|")
-                    detail = (detail + "; " if detail else "") + first[:160]
+                    detail = (detail + "; " if detail else "") + first[:200]
                 out.append(f"| {check} | {_ICON.get(v['outcome'], '')} {v['outcome']} | {detail} |")
             out.append("")
         if r["stages"]:
@@ -254,13 +275,14 @@ def markdown(doc: dict[str, Any]) -> str:
                 if led is None:
                     ledger = ""
                 elif led.get("delta") is None:
-                    ledger = "no entry"
+                    ledger = "no entry" + (" (written)" if led.get("updated") else "")
                 else:
                     d = led["delta"]
-                    ledger = (f"acc {d['test_acc'] * 100:+.2f} pp, FLOPs {d['flops']:+,}, params {d['params']:+,}"
-                              + (" ❌" if led.get("mismatches") else " ✅"))
-                out.append(f"| {_LABELS.get(stage, stage)} | {_pct(m['test_acc'])} | {delta} | {flops} | "
-                           f"{human(m['params'])} | {human(m['ckpt_bytes'], 'B')} | {cache_summary({stage: info}) or '-'} | {ledger} |")
+                    ledger = (f"acc {_signed(d['test_acc'] * 100, '+.2f')} pp, FLOPs {_signed(d['flops'], '+,')}, "
+                              f"params {_signed(d['params'], '+,')}" + (" ❌" if led.get("mismatches") else " ✅"))
+                cache = cache_summary({stage: info}).removeprefix(f"{stage} ") or "-"
+                out.append(f"| {_LABELS.get(stage, stage)} | {_pct(m['test_acc'])} (n={m['test_n']}) | {delta} | "
+                           f"{flops} | {human(m['params'])} | {human(m['ckpt_bytes'], 'B')} | {cache} | {ledger} |")
             out.append("")
     out.append(f"<sub>cache: {meta['cache']} · ledger: {meta['ledger'] or 'off'} · workers: {meta['workers']} · "
                f"torch {meta['versions']['torch']}, modelopt {meta['versions']['nvidia-modelopt']}</sub>")

@@ -170,7 +170,8 @@ def test_report_step_summary_plot_and_junit(project, monkeypatch):
     md = summary.read_text()
     assert md.startswith("earlier steps\n## optcheck")  # appended, never overwritten
     assert "| flops_below | ✅ passed | limit 70% |" in md
-    assert "| baseline | " in md and "| fine-tuned | " in md and "built by main" in md
+    assert "| baseline | " in md and "| fine-tuned | " in md and "| built by main |" in md
+    assert "| baseline |" in md and "no entry (written)" in md
     png = (project.path / "out" / "plot.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     tree = ET.parse(project.path / "out" / "junit.xml")
@@ -185,7 +186,7 @@ def test_ledger_deltas_in_the_step_summary(project, monkeypatch):
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     project.runpytest_inprocess("--optcheck").assert_outcomes(passed=6)
     md = summary.read_text()
-    assert "acc +0.00 pp, FLOPs +0, params +0 ✅" in md and "cache hit" in md
+    assert "acc ±0.00 pp, FLOPs ±0, params ±0 ✅" in md and "| cache hit |" in md
 
 
 def test_under_xdist_each_artifact_is_built_once_and_reports_merge(project):
@@ -204,3 +205,17 @@ def test_under_xdist_each_artifact_is_built_once_and_reports_merge(project):
         assert {e["worker"] for e in events} <= {"gw0", "gw1"}
     assert len(recipe["verdicts"]) == 6 and all(v["outcome"] == "passed" for v in recipe["verdicts"].values())
     assert "[tiny.cpu.finetuned]" in (project.path / LEDGER).read_text()  # written once, by the controller
+
+
+def test_the_step_summary_shows_a_failed_check_and_its_ledger_delta(project, monkeypatch):
+    project.runpytest_inprocess("--optcheck", "--optcheck-update-all").assert_outcomes(passed=6)
+    path = project.path / LEDGER
+    text = path.read_text()
+    flops = next(line for line in text.splitlines() if line.startswith("flops = "))
+    path.write_text(text.replace(flops, f"flops = {int(flops.split('=')[1]) - 100}", 1))
+    summary = project.path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    project.runpytest_inprocess("--optcheck").assert_outcomes(passed=5, failed=1)
+    md = summary.read_text()
+    assert "| ledger[baseline] | ❌ failed | [tiny.cpu.baseline] differs from the ledger" in md
+    assert "FLOPs +100, params ±0 ❌" in md

@@ -33,11 +33,22 @@ def write(tmp_path: Path, text: str, name: str = "r.toml") -> Path:
     return path
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.toml")), ids=lambda p: p.name)
+SHIPPED = sorted(p for p in (ROOT / "recipes").glob("*.toml") if p.name != "optcheck-ledger.toml")
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_recipes_validate(path):
     recipe = load_recipe(path)
     assert recipe.name == path.stem
     assert recipe.budgets.active()
+
+
+def test_the_shipped_ledger_validates_and_covers_every_runnable_recipe():
+    from optcheck.ledger import load_ledger
+
+    ledger = load_ledger(ROOT / "recipes" / "optcheck-ledger.toml", {p.stem for p in SHIPPED})
+    assert {(r, s) for r, _, s in ledger.entries} == {
+        ("digits_resnet20_fastnas", s) for s in ("baseline", "pruned", "finetuned")}
 
 
 def test_defaults_and_budget_order(tmp_path):
