@@ -2,15 +2,23 @@
 
     .venv/bin/python benchmarks/bn_recalibration.py
 
-Builds the digits recipe's pruned subnet, then re-estimates every BatchNorm's running statistics
+Builds (or takes from .optcheck/cache) the digits recipe's pruned subnet with one torch thread, as
+the project's pytest runs do, then re-estimates every BatchNorm's running statistics
 (reset, cumulative average, three passes over the train split) and prints test accuracy before and
-after. Measured here: 0.100 -> 0.753 (n=360).
+after. Measured here: 0.100 -> 0.772 (n=360, one thread; it was 0.753 with two threads).
 """
-import copy, torch
-from optcheck.recipe import load_recipe
+import copy
+from pathlib import Path
+
+import torch
+
+from optcheck.cache import ArtifactCache
 from optcheck.pipeline import RecipeRun
+from optcheck.recipe import load_recipe
 from optcheck.training import evaluate
-run = RecipeRun(load_recipe("recipes/digits_resnet20_fastnas.toml"), device="cpu")
+
+run = RecipeRun(load_recipe("recipes/digits_resnet20_fastnas.toml"), device="cpu", threads=1,
+                cache=ArtifactCache(Path(".optcheck/cache")))
 p = run.artifact("pruned")
 print("as returned by mtp.prune:", evaluate(p.model, run.ctx.test_loader))
 m = copy.deepcopy(p.model)
@@ -20,6 +28,6 @@ for mod in m.modules():
 m.train()
 with torch.no_grad():
     for _ in range(3):
-        for x, _y in run.ctx.train_loader:
+        for x, _y in run.ctx.train_loader():
             m(x)
 print("after full BN recalibration:", evaluate(m, run.ctx.test_loader))
