@@ -181,7 +181,11 @@ class RecipeRun:
                     return artifact
                 outcome = "hit (built by another process)"
         self.log(f"{self.recipe.name}: {stage} from cache ({self.cache.show(entry.path)})")
-        artifact = stages.load_artifact(self.ctx, stage, entry.files, entry.meta)
+        try:
+            artifact = stages.load_artifact(self.ctx, stage, entry.files, entry.meta)
+        except Exception as exc:  # checksums matched, but the files do not load: never a crash
+            self.cache.quarantine(entry.path, f"it could not be loaded ({type(exc).__name__}: {exc})")
+            return self._obtain(stage, parent)
         self.events[stage] = {"cache": outcome, "key": key, "seconds": time.perf_counter() - start,
                               "waited": waited}
         return artifact

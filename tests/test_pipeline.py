@@ -72,3 +72,29 @@ def test_a_stage_built_after_cached_ones_equals_one_built_in_sequence(tiny_run, 
     a = first.artifacts["finetuned"].model.state_dict()
     b = rebuilt.model.state_dict()
     assert all((a[k] == b[k]).all() for k in a)
+
+
+def test_an_entry_that_verifies_but_does_not_load_is_quarantined_and_rebuilt(tiny_run, tmp_path):
+    import shutil
+
+    from optcheck.cache import ArtifactCache, CacheWarning
+    from optcheck.pipeline import RecipeRun
+
+    cache = ArtifactCache(tmp_path / "cache")
+    (tmp_path / "a").mkdir()
+    first = RecipeRun(tiny_run.recipe, device="cpu", seed=0, cache=cache, workdir=lambda: tmp_path / "a")
+    good = first.artifact("finetuned")
+    key = first.keys["finetuned"]["key"]
+    entry = cache.load("finetuned", key)
+    shutil.rmtree(entry.path)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    cache.store("finetuned", key, {"modelopt": garbage}, {k: v for k, v in entry.meta.items()
+                                                          if k in ("metrics", "info", "recipe", "key_material")})
+    (tmp_path / "b").mkdir()
+    second = RecipeRun(tiny_run.recipe, device="cpu", seed=0, cache=cache, workdir=lambda: tmp_path / "b")
+    with pytest.warns(CacheWarning, match=r"finetuned.*could not be loaded"):
+        rebuilt = second.artifact("finetuned")
+    assert second.events["finetuned"]["cache"] == "built"
+    assert rebuilt.metrics.test_acc == good.metrics.test_acc
+    assert len(list((tmp_path / "cache" / "quarantine").iterdir())) == 1
