@@ -3,10 +3,15 @@ and the reports the way the README says."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
+import shutil
+import subprocess
+import sysconfig
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,8 +23,16 @@ def readme_commands() -> list[str]:
     return re.findall(r"```(?:bash|sh)?\n(.+?)\n```", head, flags=re.S)
 
 
+WORKFLOW = ROOT / ".github" / "workflows" / "optcheck.yml"
+
+
 def workflow() -> dict:
-    return yaml.safe_load((ROOT / ".github" / "workflows" / "optcheck.yml").read_text())
+    return yaml.safe_load(WORKFLOW.read_text())
+
+
+def triggers() -> dict:
+    wf = workflow()
+    return wf.get("on", wf.get(True))  # YAML 1.1 reads the bare key `on` as True
 
 
 def steps() -> list[dict]:
@@ -56,11 +69,59 @@ def test_workflow_restores_and_saves_the_cache_around_the_main_job_and_uploads_t
     assert restore["path"] == save["path"] == ".optcheck/cache" and restore["key"] == save["key"]
     key = workflow()["jobs"]["optcheck"]["env"]["CACHE_KEY"]
     assert "recipes/**/*.toml" in key and "pyproject.toml" in key  # keyed on the recipes and the pins
-    assert steps()[names.index("actions/cache/save")]["if"] == "always()"  # a red run still saves
+    assert "if" not in steps()[names.index("actions/cache/restore")]  # every run may read
     args = shlex.split(steps()[main_at]["run"].split("&&")[-1])
     report, plot = args[args.index("--optcheck-report") + 1], args[args.index("--optcheck-plot") + 1]
     upload = steps()[names.index("actions/upload-artifact")]
     assert upload["if"] == "always()" and set(upload["with"]["path"].split()) == {report, plot}
+
+
+def test_only_pushes_to_main_save_the_cache():
+    """The cache holds pickles that run as code on load: pull requests (forks included) and other
+    branches may read main's entries but never write one; a red run on main still saves."""
+    [save] = [s for s in steps() if s.get("uses", "").startswith("actions/cache/save@")]
+    terms = {t.strip() for t in save["if"].split("&&")}  # a conjunction of exactly these three
+    assert terms == {"always()", "github.event_name == 'push'", "github.ref == 'refs/heads/main'"}
+    assert not any(s.get("uses", "").startswith("actions/cache@") for s in steps())  # no implicit post-save
+    assert "pull_request_target" not in triggers() and "workflow_run" not in triggers()
+
+
+def test_the_workflow_is_pinned_and_least_privileged():
+    assert workflow()["permissions"] == {"contents": "read"}
+    assert all("permissions" not in job for job in workflow()["jobs"].values())
+    uses = re.findall(r"^\s*-?\s*uses:\s*(\S+)(.*)$", WORKFLOW.read_text(), flags=re.M)
+    assert len(uses) == sum("uses" in s for s in steps())
+    for ref, comment in uses:
+        assert re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", ref), ref
+        assert re.fullmatch(r"\s+# v\d+\.\d+\.\d+", comment), (ref, comment)
+    [checkout] = [s for s in steps() if s.get("uses", "").startswith("actions/checkout@")]
+    assert checkout["with"]["persist-credentials"] is False
+    for step in steps():  # no ${{ }} expansion inside a shell script (template injection)
+        assert "${{" not in step.get("run", "")
+
+
+def zizmor() -> str | None:
+    """The zizmor CLI from this interpreter's environment (`pip install -e .[test]`), else PATH."""
+    return shutil.which("zizmor", path=sysconfig.get_path("scripts")) or shutil.which("zizmor")
+
+
+def test_zizmor_finds_nothing_medium_or_high_in_the_workflow():
+    exe = zizmor()
+    if exe is None:
+        pytest.skip("zizmor is not installed (it is in the `test` extra: pip install -e '.[test]')")
+    # Offline (no GitHub API), the broadest persona, and no config or inline ignore comments, so
+    # a finding can only be fixed in the workflow, not silenced next to it.
+    cmd = [exe, "--offline", "--persona", "auditor", "--no-config", "--no-ignores", "--no-exit-codes",
+           "--no-progress", "--format", "json", str(WORKFLOW.relative_to(ROOT))]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    findings = json.loads(done.stdout)
+    serious = [
+        f"{f['ident']} ({f['determinations']['severity']}): {f['desc']}"
+        for f in findings
+        if f["determinations"]["severity"].lower() in {"medium", "high"}
+    ]
+    assert serious == [], "\n".join(serious)
 
 
 def test_the_default_cache_folder_is_ignored_by_git():
