@@ -4,6 +4,17 @@ FLOPs follow Model Optimizer's convention: 2 x MACs counted by torchprofile in e
 BatchNorm ignored (``modelopt.torch.nas.utils.inference_flops``). Counting drops the
 ``aten::batch_norm`` nodes from torchprofile's per-node breakdown, which works the same on
 torchprofile 0.0.4 and 0.1.x and needs no modelopt import.
+
+Params follow Model Optimizer's convention too, the count behind the FastNAS ``params`` constraint
+and the search-space bounds (``modelopt.torch.utils.network.param_num_from_forward``): the direct
+parameters of every module except BatchNorm (``torch.nn.modules.batchnorm._BatchNorm`` and its
+subclasses, modelopt's dynamic BatchNorm included), each module once, read with ``getattr`` so a
+modelopt dynamic module counts only its active slice. A tensor shared by two counted modules counts
+twice, as in modelopt. ResNet20 (10 classes) has 268,346 params this way; all its tensors, BatchNorm
+included, would be 269,722. modelopt counts only the modules that a forward pass reaches;
+``count_params`` counts every module unless it is given ``dummy_input``, which is the same number
+whenever the forward uses every module (plain CNNs, FastNAS subnets, exported subnets; not, say, a
+dynamic-depth AutoNAS subnet or a model with an unused head).
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from .limits import human  # noqa: F401  (re-exported: it was defined here)
 
@@ -39,9 +51,35 @@ def count_flops(model: nn.Module, dummy_input: Any) -> int:
     return 2 * int(sum(macs for node, macs in per_node.items() if node.operator not in IGNORED_OPS))
 
 
-def count_params(model: nn.Module) -> int:
-    """Number of parameters (each shared tensor once)."""
-    return sum(p.numel() for p in model.parameters())
+def count_params(model: nn.Module, dummy_input: Any = None) -> int:
+    """Parameters of ``model`` under Model Optimizer's convention (``param_num_from_forward``).
+
+    Sums ``getattr(m, name).numel()`` over the direct parameters (``recurse=False``) of every
+    module ``m`` that is not a BatchNorm, each module once. ``getattr`` returns a modelopt dynamic
+    module's active slice, so a converted model counts its sampled subnet, like its ``mtn.export``.
+    With ``dummy_input``, only the modules that a forward pass on it calls are counted (run in eval
+    mode under ``torch.no_grad``, the model's mode restored; modelopt runs it in the current mode),
+    which matters only for models whose forward skips modules. No modelopt import.
+    """
+    modules = [m for m in model.modules() if not isinstance(m, _BatchNorm)]
+    if dummy_input is not None:
+        modules = _called_modules(model, modules, dummy_input)
+    return sum(getattr(m, name).numel() for m in modules for name, _ in m.named_parameters(recurse=False))
+
+
+def _called_modules(model: nn.Module, modules: list[nn.Module], dummy_input: Any) -> list[nn.Module]:
+    called: dict[nn.Module, None] = {}
+    hooks = [m.register_forward_hook(lambda m, *_: called.setdefault(m)) for m in modules]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(*_as_args(dummy_input))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return list(called)
 
 
 def file_bytes(path: str | Path | None) -> int | None:
