@@ -6,8 +6,15 @@ baseline's key also holds a fingerprint of the data's *contents* and the source 
 data factory. So editing a fine-tune setting rebuilds only the fine-tuned model; moving the dataset
 to another folder rebuilds nothing; editing the model factory rebuilds everything.
 
-Settings that cannot change an artifact are left out on purpose: the recipe's name and description,
-``data.root`` (the contents count, not the path), ``data.num_workers`` and ``data.eval_batch_size``.
+Only settings that cannot change an artifact are left out: the recipe's name and description, and
+``data.root`` (the contents count, not the path); ``tests/test_cache.py`` builds twice with each of
+them changed and checks the artifacts are bit-identical. ``data.num_workers`` is in the key (with
+loader workers, augmentation randomness comes from the worker seeds) and so is
+``data.eval_batch_size`` (the FastNAS score function evaluates in batches of that size, and a
+convolution's last bits depend on the batch size). On CPU the key holds the numerics fingerprint
+(``numerics.key_material``: kernel capability, instruction set, ``ATEN_CPU_CAPABILITY`` /
+``ONEDNN_MAX_CPU_ISA``) and the thread count: a cache hit must equal what a cold build on this
+machine would produce.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 # optcheck modules whose code decides what an artifact contains; editing one invalidates the cache
-BUILD_MODULES = ("compat", "data", "measure", "models", "stages", "training")
-_NOT_IN_KEY = {"root", "num_workers", "eval_batch_size"}
+# (pipeline.py computes the FastNAS search-space bounds that are cached too)
+BUILD_MODULES = ("compat", "data", "measure", "models", "numerics", "pipeline", "stages", "training")
+_NOT_IN_KEY = {"root"}
 
 
 def digest(obj: Any) -> str:
@@ -62,7 +70,10 @@ def environment(device) -> dict[str, str]:
         "optcheck": optcheck_build_id(),
     }
     if device.type == "cpu":  # CPU kernels split reductions by thread count: it changes the weights
+        from .numerics import key_material
+
         env["threads"] = str(torch.get_num_threads())
+        env.update(key_material(device))
     return env
 
 

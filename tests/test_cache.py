@@ -238,11 +238,60 @@ def test_a_fastnas_setting_changes_pruned_and_finetuned_only(keys_of):
 
 def test_the_data_path_and_description_do_not_count_but_contents_and_seed_do(keys_of):
     before = keys_of()
-    assert keys_of(tiny_recipe().replace('description = "', 'description = "renamed '), root="/elsewhere",
-                   num_workers=2) == before
+    assert keys_of(tiny_recipe().replace('description = "', 'description = "renamed '), root="/elsewhere") == before
     noisier = tiny_recipe().replace("image_size = 16 }", "image_size = 16, noise = 0.3 }")
     assert keys_of(noisier)["baseline"] != before["baseline"]  # other samples
     assert keys_of(seed=1)["baseline"] != before["baseline"]
+
+
+@pytest.mark.parametrize("setting", [{"num_workers": 2}, {"eval_batch_size": 64}])
+def test_loader_settings_that_change_the_numbers_are_in_the_key(keys_of, setting):
+    # loader workers draw the augmentation from their own seeds; the FastNAS score evaluates in
+    # batches of eval_batch_size: both can change the artifact, so a cache hit must not ignore them
+    assert keys_of(**setting)["baseline"] != keys_of()["baseline"]
+
+
+@pytest.mark.parametrize("change", ["description", "root", "name"])
+def test_each_setting_left_out_of_the_key_really_builds_the_same_artifact(tmp_path, change):
+    """The key may leave a setting out only if a cold build with it changed is bit-identical."""
+    import torch
+
+    from optcheck.pipeline import RecipeRun
+    from optcheck.recipe import parse_recipe
+    import tomllib
+
+    def build(text: str, **data):
+        recipe = parse_recipe(tomllib.loads(text), tmp_path / "tiny.toml")
+        if data:
+            recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update=data)})
+        run = RecipeRun(recipe, device="cpu", seed=0, workdir=lambda: tmp_path)
+        return run.artifact("baseline").model.state_dict(), run.keys["baseline"]["key"]
+
+    text = tiny_recipe()
+    first, key1 = build(text)
+    if change == "description":
+        second, key2 = build(text.replace('description = "', 'description = "renamed '))
+    elif change == "name":
+        second, key2 = build('name = "another"\n' + text)
+    else:
+        second, key2 = build(text, root=str(tmp_path / "elsewhere"))
+    assert key1 == key2
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_the_cpu_numerics_path_is_part_of_the_key(tmp_path):
+    """ATEN_CPU_CAPABILITY=avx2 (what torch picks on a CPU without AVX-512) gives other weights, so
+    another key: a cache filled on one CPU type never answers for another."""
+    import subprocess
+    import sys
+
+    code = ("import torch; from optcheck.keys import environment; "
+            "e = environment(torch.device('cpu')); print(e['capability'], e['isa'], e.get('aten_cpu_capability'))")
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+    default = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    lowered = subprocess.run([sys.executable, "-c", code], env={**env, "ATEN_CPU_CAPABILITY": "default"},
+                             capture_output=True, text=True, check=True).stdout
+    assert default != lowered and lowered.split()[0] == "DEFAULT" and lowered.split()[2] == "default"
 
 
 def test_the_thread_count_is_part_of_the_key(keys_of):
