@@ -16,6 +16,9 @@ _LAZY = {
     "assert_accuracy_drop_under": "optcheck.assertions",
     "assert_restore_roundtrip": "optcheck.assertions",
     "assert_same_model": "optcheck.assertions",
+    "assert_accuracy_at_least": "optcheck.assertions",
+    "assert_paired_drop_under": "optcheck.assertions",
+    "paired_accuracy_drop": "optcheck.assertions",
     "count_flops": "optcheck.measure",
     "count_params": "optcheck.measure",
     "load_recipe": "optcheck.recipe",
@@ -25,8 +28,9 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:
-    from .assertions import (assert_accuracy_drop_under, assert_flops_below, assert_params_below,
-                             assert_restore_roundtrip, assert_same_model)
+    from .assertions import (assert_accuracy_at_least, assert_accuracy_drop_under, assert_flops_below,
+                             assert_paired_drop_under, assert_params_below, assert_restore_roundtrip,
+                             assert_same_model, paired_accuracy_drop)
     from .errors import DatasetMissing, RecipeError
     from .measure import count_flops, count_params
     from .recipe import load_recipe

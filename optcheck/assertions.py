@@ -111,28 +111,151 @@ def _pct(acc: float, n: int | None) -> str:
     return f"{acc * 100:.2f}%" + (f" (n={n}, {round(acc * n)} correct)" if n else " (given)")
 
 
-def assert_accuracy_drop_under(baseline: Any, candidate: Any, data: Any, max_drop: float) -> float:
+def assert_accuracy_at_least(model: Any, data: Any, floor: float | str = "auto", *,
+                             confidence: float = 0.95, budget: str = "baseline_accuracy_at_least") -> dict[str, Any]:
+    """Fail unless ``model``'s accuracy on ``data`` reaches ``floor`` (a fraction).
+
+    ``floor = "auto"`` is halfway from chance to 100%, chance being the share of the most frequent
+    label in ``data`` (what always answering that class scores). Meant for the trained baseline:
+    below it the model learned too little for any budget relative to it to mean anything (a drop
+    from a baseline near chance is no evidence of a good compressed model). Returns the accuracy,
+    the floor, chance and a one-line explanation.
+    """
+    __tracebackhide__ = True
+    import torch
+
+    from .stats import wilson_interval
+    from .training import correct_mask
+
+    if floor != "auto" and (isinstance(floor, (bool, str)) or not 0 < float(floor) <= 1):
+        raise ValueError(f"{budget}: floor {floor!r} must be 'auto' or a fraction in (0, 1] (0.9 = 90% accuracy)")
+    loader = _as_loader(data)
+    batches = [y.reshape(-1) for _, y in loader]  # torch.cat([]) raises before the check below
+    labels = torch.cat(batches) if batches else torch.zeros(0, dtype=torch.long)
+    if labels.numel() == 0:
+        raise ValueError(f"{budget}: the data is empty; there is nothing to judge the model on")
+    device = next((p.device for p in model.parameters()), "cpu")
+    hits = correct_mask(model, loader, device)
+    n, k = int(labels.numel()), int(hits.sum())
+    chance = float(torch.bincount(labels.long()).max()) / n
+    if floor == "auto":
+        bound, how = chance + 0.5 * (1 - chance), f"auto: halfway from chance {chance * 100:.2f}% to 100%"
+    else:
+        bound, how = float(floor), "set in the recipe"
+    acc = k / n
+    low, high = wilson_interval(k, n, confidence)
+    explain = (f"{acc * 100:.2f}% (n={n}, {confidence:.0%} CI [{low * 100:.2f}, {high * 100:.2f}]%) vs floor "
+               f"{bound * 100:.2f}% ({how}; chance = the most frequent label's share)")
+    if acc >= bound:
+        return {"accuracy": acc, "floor": bound, "chance": chance, "explain": explain}
+    _fail(budget, [
+        ("accuracy", f"{acc * 100:.2f}% (n={n}, {k} correct; {confidence:.0%} CI [{low * 100:.2f}, {high * 100:.2f}]%)"),
+        ("floor", f"{bound * 100:.2f}% ({how})"),
+        ("chance", f"{chance * 100:.2f}% (always answering the most frequent label)"),
+        ("why it matters", "the baseline learned too little: every budget relative to it (accuracy drop, "
+                           "FLOPs and params percentages) compares against a model that does not work"),
+    ], "train the baseline longer or at another learning rate, and check the data and labels; if this "
+       "accuracy is really what the task allows, set [budgets] baseline_accuracy_at_least to a fraction")
+
+
+def paired_accuracy_drop(baseline: Any, candidate: Any, data: Any, confidence: float = 0.95):
+    """The paired drop of ``candidate`` against ``baseline`` on the same ``data``, with its interval
+    (``optcheck.stats.PairedDrop``). Both are models."""
+    from .stats import paired_drop
+    from .training import correct_mask
+
+    loader = _as_loader(data)
+    masks = []
+    for model in (baseline, candidate):
+        device = next((p.device for p in model.parameters()), "cpu")
+        masks.append(correct_mask(model, loader, device).numpy())
+    return paired_drop(masks[0], masks[1], confidence)
+
+
+def assert_accuracy_drop_under(baseline: Any, candidate: Any, data: Any, max_drop: float, *,
+                               rule: str = "point", confidence: float = 0.95) -> float:
     """Fail when ``baseline`` accuracy minus ``candidate`` accuracy exceeds ``max_drop``.
 
     ``baseline`` and ``candidate`` are each a model or an accuracy in [0, 1]; models are evaluated
-    on ``data`` (a DataLoader or an ``(inputs, labels)`` pair). ``max_drop`` is a fraction:
-    0.01 = 1 percentage point. Returns the measured drop.
+    on ``data`` (a DataLoader or an ``(inputs, labels)`` pair). Lists of models (one pair per seed,
+    same ``data``) are judged on the mean drop with a t-interval over seeds. ``max_drop`` is a
+    fraction: 0.01 = 1 percentage point. Returns the measured (mean) drop.
+
+    ``rule`` decides how the drop's ``confidence`` interval (paired: the same images for both
+    models; ``optcheck.stats``) is used: ``"point"`` passes when the observed drop <= max_drop;
+    ``"not_significantly_over"`` fails only when the whole interval lies above it;
+    ``"assured_under"`` passes only when the whole interval lies at or below it. Given accuracies
+    as numbers, only ``"point"`` is possible (there are no pairs to build an interval from).
     """
     __tracebackhide__ = True
+    from .stats import RULES, mean_drop
+
     if not 0 <= max_drop <= 1:
         raise ValueError(f"max_drop {max_drop!r} must be a fraction in [0, 1] (0.01 = 1 percentage point)")
-    base, base_n = _accuracy(baseline, data, "baseline")
-    cand, cand_n = _accuracy(candidate, data, "candidate")
-    drop = base - cand
-    if drop <= max_drop + 1e-12:
-        return drop
-    _fail("accuracy_drop_under", [
-        ("baseline", _pct(base, base_n)),
-        ("candidate", _pct(cand, cand_n)),
-        ("drop", f"{drop * 100:.2f} pp > allowed {max_drop * 100:.2f} pp "
-                 f"(over by {(drop - max_drop) * 100:.2f} pp)"),
-    ], "fine-tune longer or at a better learning rate, or relax the compression target; "
-       "a drop far above the budget before fine-tuning means the target is too aggressive")
+    if rule not in RULES:
+        raise ValueError(f"rule {rule!r} is unknown: use one of {', '.join(RULES)}")
+    if isinstance(baseline, (list, tuple)) or isinstance(candidate, (list, tuple)):
+        if not (isinstance(baseline, (list, tuple)) and isinstance(candidate, (list, tuple))
+                and len(baseline) == len(candidate) and baseline):
+            raise ValueError("give one baseline and one candidate model per seed (two lists of equal length)")
+        datas = data if isinstance(data, list) and len(data) == len(baseline) and all(
+            _is_loader(d) for d in data) else [data] * len(baseline)
+        drops = [paired_accuracy_drop(b, c, d, confidence) for b, c, d in zip(baseline, candidate, datas)]
+        return assert_paired_drop_under(mean_drop(drops, confidence), max_drop, rule=rule)
+    if any(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (baseline, candidate)):
+        if rule != "point":
+            raise ValueError(f"rule {rule!r} needs the two models (an interval comes from the paired "
+                             "predictions); with accuracies given as numbers only rule 'point' applies")
+        base, base_n = _accuracy(baseline, data, "baseline")
+        cand, cand_n = _accuracy(candidate, data, "candidate")
+        drop = base - cand
+        if drop <= max_drop + 1e-12:
+            return drop
+        _fail("accuracy_drop_under", [
+            ("baseline", _pct(base, base_n)),
+            ("candidate", _pct(cand, cand_n)),
+            ("drop", f"{drop * 100:.2f} pp > allowed {max_drop * 100:.2f} pp "
+                     f"(over by {(drop - max_drop) * 100:.2f} pp)"),
+        ], _DROP_HINT)
+    if data is None:
+        raise ValueError("baseline and candidate are models: pass data=<DataLoader or (inputs, labels)>")
+    return assert_paired_drop_under(paired_accuracy_drop(baseline, candidate, data, confidence), max_drop, rule=rule)
+
+
+_DROP_HINT = ("fine-tune longer or at a better learning rate, or relax the compression target; "
+              "a drop far above the budget before fine-tuning means the target is too aggressive")
+
+
+def _is_loader(x: Any) -> bool:
+    from torch.utils.data import DataLoader
+
+    return isinstance(x, DataLoader)
+
+
+def assert_paired_drop_under(drop: Any, max_drop: float, *, rule: str = "point",
+                             budget: str = "accuracy_drop_under") -> float:
+    """Judge an already measured drop (``optcheck.stats.PairedDrop`` or ``SeedsDrop``) under
+    ``rule``; the failure message gives the accuracies, the interval, the disagreements and the rule.
+    Returns the (mean) drop."""
+    __tracebackhide__ = True
+    from .stats import PairedDrop, decide
+
+    verdict = decide(drop, max_drop, rule)
+    if verdict.passed:
+        return drop.drop
+    ci = f"{drop.confidence:.0%} CI"
+    if isinstance(drop, PairedDrop):
+        rows = [("baseline", _pct(drop.base_acc, drop.n)), ("candidate", _pct(drop.cand_acc, drop.n)),
+                ("drop", f"{drop.drop * 100:.2f} pp, allowed {max_drop * 100:.2f} pp"),
+                (ci, f"[{drop.low * 100:+.2f}, {drop.high * 100:+.2f}] pp (paired: {drop.b} images only the "
+                     f"baseline got right, {drop.c} only the candidate)")]
+    else:
+        per = ", ".join(f"{d.drop * 100:.2f}" for d in drop.per_seed)
+        rows = [("drop", f"{drop.drop * 100:.2f} pp mean over {drop.seeds} seeds ({per} pp), allowed "
+                         f"{max_drop * 100:.2f} pp"),
+                (ci, f"[{drop.low * 100:+.2f}, {drop.high * 100:+.2f}] pp ({drop.method})")]
+    rows.append(("rule", verdict.explain().rsplit("; rule ", 1)[-1]))
+    _fail(budget, rows, _DROP_HINT)
 
 
 # -- save / restore ------------------------------------------------------------------------------

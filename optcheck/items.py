@@ -83,10 +83,16 @@ class BudgetItem(_CheckItem):
 
     def runtest(self) -> None:
         from .budgets import check_budget
+        from .session import get_state
 
-        measured = check_budget(self.budget, self.run)
-        for key, value in measured.items():
-            self.user_properties.append((f"optcheck.{key}", value))
+        state = get_state(self.config)
+        measured: dict[str, Any] = {}  # filled before an accuracy budget judges: kept when it fails
+        try:
+            measured.update(check_budget(self.budget, self.run, lambda: state.seed_runs_for(self.run.recipe),
+                                         record=measured))
+        finally:
+            for key, value in measured.items():
+                self.user_properties.append((f"optcheck.{key}", value))
 
 
 class LedgerItem(_CheckItem):
@@ -104,7 +110,8 @@ class LedgerItem(_CheckItem):
         run = self.run
         measured = run.artifact(self.stage).metrics.as_dict()
         platform = run.ctx.device.type
-        verdict = judge(state.ledger, run.recipe, platform, self.stage, measured, state.update)
+        verdict = judge(state.ledger, run.recipe, platform, self.stage, measured, state.update,
+                        exact_architecture=run.fixed_architecture(self.stage), fingerprint=run.fingerprint())
         details = verdict.details(measured)
         state.ledger_checks.setdefault(state.relpath(run.recipe.path), {})[self.stage] = {
             **details, "platform": platform, "failure": verdict.failure}

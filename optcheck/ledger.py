@@ -1,17 +1,26 @@
 """The regression ledger: a committed TOML file of accepted metrics per recipe, platform and stage.
 
-    [digits_resnet20_fastnas.cpu.baseline]
+    [digits_resnet20_fastnas.cpu.pruned]
     test_acc = 0.986111
-    flops = 81102208
-    params = 269722
-    ckpt_bytes = 1089925
-    accuracy_tolerance = 0.01     # absolute, two-sided
-    bytes_tolerance = 0.05        # relative, two-sided
+    flops = 37160320
+    params = 71130
+    ckpt_bytes = 336871
+    tolerance = { test_acc = 0.0111, flops = 0.17, params = 0.61, ckpt_bytes = 0.6 }
+    observed = { test_acc = [0.980556, 0.991667], flops = [33554432, 40404352], ... }
+    calibration = "8 runs on 2026-11-21: seeds 0-1 x kernels default/avx2 x threads 1/2; ..."
+    written_by = { cpu = "...", capability = "AVX512", isa = "...", threads = 1, torch = "...", ... }
     known_failure = "GH-42: ..."  # optional: the check xfails with this reason
 
-FLOPs and params must match exactly; test accuracy and checkpoint bytes within the entry's
-tolerances, in both directions (an improvement is a mismatch too, so the reference moves on
-purpose). Times are never gated.
+The ledger detects *drift* from accepted values; budgets are the contracts. Its tolerances come
+from measured variation (``--optcheck-calibrate``: ``calibrate.py``), never from an assumption of
+bit-exactness: ``tolerance.test_acc`` is absolute (a fraction), the others are relative to the
+entry's value, and a check passes when ``|measured - value| <= tolerance`` in both directions (an
+improvement is a mismatch too, so the reference moves on purpose). Exact (tolerance 0) only where
+exactness holds on any machine: the FLOPs and params of a stage whose architecture the recipe alone
+decides (the baseline). ``observed`` is the calibration's range, ``written_by`` the numerics
+fingerprint (``numerics.py``) of the run that wrote the values; both appear in a failure message.
+Entries written before calibration existed (``accuracy_tolerance`` / ``bytes_tolerance``, exact
+FLOPs and params) still load and judge as they did. Times are never gated.
 
 Reading validates everything and names the line of any problem (``LedgerError``). Writing happens
 once per session, in one process (the xdist controller), after every check has run: values change in
@@ -35,14 +44,20 @@ from .errors import OptcheckError
 PLATFORMS = ("cpu", "cuda")
 STAGES = ("baseline", "pruned", "finetuned")
 METRICS = ("test_acc", "flops", "params", "ckpt_bytes")
-FIELDS = (*METRICS, "accuracy_tolerance", "bytes_tolerance", "known_failure")
+ARCHITECTURE = ("flops", "params")  # exact on any machine when the recipe alone decides them
+FIELDS = (*METRICS, "tolerance", "observed", "calibration", "written_by", "accuracy_tolerance",
+          "bytes_tolerance", "known_failure")
+LEGACY_TOLERANCE = {"accuracy_tolerance": "test_acc", "bytes_tolerance": "ckpt_bytes"}
 TICKET = re.compile(r"([A-Z][A-Z0-9]+-\d+|#\d+|https?://\S+)")
 HEADER = """\
-# optcheck regression ledger: the accepted metrics of each recipe's stages, per platform.
-# flops and params must match exactly; test_acc within +-accuracy_tolerance (absolute) and
-# ckpt_bytes within +-bytes_tolerance (relative), in both directions. Times are not gated.
-# Accept new values with `pytest --optcheck --optcheck-update` (failed or missing entries only)
-# or `--optcheck-update-all`, then review the diff and commit it. To record a known failure, add
+# optcheck regression ledger: the accepted metrics of each recipe's stages, per platform. It
+# detects drift; the budgets in the recipes are the contracts. Each metric passes when
+# |measured - value| <= tolerance (test_acc: absolute; flops, params, ckpt_bytes: relative to the
+# value), in both directions. Tolerances come from `pytest --optcheck --optcheck-calibrate N`,
+# which rebuilds each recipe under N seeds / CPU kernel paths / thread counts and writes the
+# observed range and the tolerance derived from it. Accept new values with
+# `pytest --optcheck --optcheck-update` (failed or missing entries only) or `--optcheck-update-all`,
+# then review the diff and commit it. To record a known failure, add
 # known_failure = "<TICKET-1>: <why>" to its entry: the check then xfails with that reason.
 """
 
@@ -60,14 +75,19 @@ class Mismatch:
     measured: float
     reference: float
     rule: str
+    observed: list | None = None  # the calibration's [min, max], if calibrated
 
     def render(self) -> str:
         if self.metric == "test_acc":
             delta = f"{(self.measured - self.reference) * 100:+.2f} pp"
+            seen = (f"; calibration saw {self.observed[0] * 100:.2f}..{self.observed[1] * 100:.2f}%"
+                    if self.observed else "")
             return (f"test_acc: {self.measured * 100:.2f}% now, {self.reference * 100:.2f}% in the ledger "
-                    f"({delta}; {self.rule})")
+                    f"({delta}; {self.rule}{seen})")
         rel = (self.measured - self.reference) / self.reference * 100 if self.reference else math.inf
-        return f"{self.metric}: {self.measured:,} now, {self.reference:,} in the ledger ({rel:+.2f}%; {self.rule})"
+        seen = f"; calibration saw {self.observed[0]:,}..{self.observed[1]:,}" if self.observed else ""
+        return (f"{self.metric}: {self.measured:,} now, {self.reference:,} in the ledger "
+                f"({rel:+.2f}%; {self.rule}{seen})")
 
 
 @dataclass
@@ -135,9 +155,23 @@ def _check_entry(entry: dict, display: str, text: str, where: list[str]) -> dict
         elif key == "known_failure":
             ok = isinstance(value, str) and bool(TICKET.search(value))
             want = "a reason that names its ticket, e.g. \"GH-123: ...\", \"#123 ...\" or a URL"
+        elif key == "calibration":
+            ok, want = isinstance(value, str), "a string saying how the tolerances were measured"
+        elif key == "tolerance":
+            ok = isinstance(value, dict) and set(value) <= set(METRICS) and all(
+                _number(v) and v >= 0 and (k != "test_acc" or v <= 1) for k, v in value.items())
+            want = ("an inline table of metric = tolerance >= 0 over test_acc (absolute), flops, params, "
+                    "ckpt_bytes (relative), e.g. { test_acc = 0.01, flops = 0.05 }")
+        elif key == "observed":
+            ok = isinstance(value, dict) and set(value) <= set(METRICS) and all(
+                isinstance(v, list) and len(v) == 2 and all(_number(x) for x in v) and v[0] <= v[1]
+                for v in value.values())
+            want = "an inline table of metric = [min, max], e.g. { flops = [100, 120] }"
+        elif key == "written_by":
+            ok = isinstance(value, dict) and all(isinstance(v, (str, int)) for v in value.values())
+            want = "an inline table of the numerics fingerprint (cpu, capability, isa, threads, torch, ...)"
         else:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 and (
-                key != "test_acc" or value <= 1)
+            ok = _number(value) and value >= 0 and (key != "test_acc" or value <= 1)
             want = "a fraction in [0, 1]" if key == "test_acc" else "a number >= 0"
         if not ok:
             raise LedgerError(display, line, f"'{key}' in [{name}] is {value!r}", f"make it {want}")
@@ -146,6 +180,10 @@ def _check_entry(entry: dict, display: str, text: str, where: list[str]) -> dict
         raise LedgerError(display, _line(text, where), f"[{name}] lacks {', '.join(missing)}",
                           "add them, or delete the entry and run --optcheck-update to record it")
     return dict(entry)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _line(text: str, where: list[str], key: str | None = None) -> int | None:
@@ -168,35 +206,61 @@ def _line(text: str, where: list[str], key: str | None = None) -> int | None:
 
 # -- comparing -----------------------------------------------------------------------------------------
 
-def compare(entry: dict[str, Any], measured: dict[str, Any], default_acc_tol: float,
-            default_bytes_tol: float) -> list[Mismatch]:
-    """What differs between ``measured`` and the ledger ``entry``, under the entry's tolerances."""
-    out = []
-    for metric in ("flops", "params"):
-        if int(measured[metric]) != int(entry[metric]):
-            out.append(Mismatch(metric, int(measured[metric]), int(entry[metric]), "must match exactly"))
-    tol = float(entry.get("accuracy_tolerance", default_acc_tol))
-    if abs(measured["test_acc"] - entry["test_acc"]) > tol + 1e-12:
-        out.append(Mismatch("test_acc", measured["test_acc"], entry["test_acc"],
-                            f"tolerance +-{tol * 100:.2f} pp, both directions"))
-    btol = float(entry.get("bytes_tolerance", default_bytes_tol))
-    if measured.get("ckpt_bytes") is not None and entry["ckpt_bytes"] and \
-            abs(measured["ckpt_bytes"] - entry["ckpt_bytes"]) > btol * entry["ckpt_bytes"]:
-        out.append(Mismatch("ckpt_bytes", int(measured["ckpt_bytes"]), int(entry["ckpt_bytes"]),
-                            f"tolerance +-{btol * 100:g}%"))
+def tolerances(entry: dict[str, Any], defaults: dict[str, float]) -> dict[str, float]:
+    """The entry's tolerance per metric: its ``tolerance`` table, else its legacy fields, else
+    ``defaults`` (``test_acc`` absolute; the others relative; 0 = exact)."""
+    out = dict(defaults)
+    for legacy, metric in LEGACY_TOLERANCE.items():
+        if legacy in entry:
+            out[metric] = float(entry[legacy])
+    out.update({k: float(v) for k, v in entry.get("tolerance", {}).items()})
     return out
 
 
-def new_entry(measured: dict[str, Any], old: dict[str, Any] | None, acc_tol: float,
-              bytes_tol: float) -> dict[str, Any]:
-    """The entry that accepts ``measured``; tolerances and known_failure of ``old`` are kept."""
-    entry = {"test_acc": round(float(measured["test_acc"]), 6), "flops": int(measured["flops"]),
-             "params": int(measured["params"]), "ckpt_bytes": int(measured.get("ckpt_bytes") or 0),
-             "accuracy_tolerance": acc_tol, "bytes_tolerance": bytes_tol}
-    for key in ("accuracy_tolerance", "bytes_tolerance", "known_failure"):
+def _rule(metric: str, tol: float) -> str:
+    if tol == 0:
+        return "must match exactly"
+    if metric == "test_acc":
+        return f"tolerance +-{tol * 100:.2f} pp"
+    return f"tolerance +-{tol * 100:.3g}%"
+
+
+def compare(entry: dict[str, Any], measured: dict[str, Any], defaults: dict[str, float]) -> list[Mismatch]:
+    """What differs between ``measured`` and the ledger ``entry``, under the entry's tolerances."""
+    tol = tolerances(entry, defaults)
+    observed = entry.get("observed", {})
+    out = []
+    for metric in METRICS:
+        now, ref = measured.get(metric), entry[metric]
+        if now is None or (metric == "ckpt_bytes" and not ref):
+            continue
+        allowed = tol.get(metric, 0.0) * (1 if metric == "test_acc" else abs(ref))
+        if abs(now - ref) > allowed + 1e-9 * max(1.0, abs(ref)):
+            shown = now if metric == "test_acc" else int(now)
+            out.append(Mismatch(metric, shown, ref, _rule(metric, tol.get(metric, 0.0)), observed.get(metric)))
+    return out
+
+
+def new_entry(measured: dict[str, Any], old: dict[str, Any] | None, defaults: dict[str, float],
+              fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The entry that accepts ``measured``; the tolerances, calibration and known_failure of ``old``
+    are kept (new entries take ``defaults``)."""
+    entry: dict[str, Any] = {"test_acc": round(float(measured["test_acc"]), 6), "flops": int(measured["flops"]),
+                             "params": int(measured["params"]), "ckpt_bytes": int(measured.get("ckpt_bytes") or 0)}
+    entry["tolerance"] = {k: _round(v) for k, v in (tolerances(old, defaults) if old else defaults).items()}
+    for key in ("observed", "calibration", "known_failure"):
         if old and key in old:
             entry[key] = old[key]
+    if old is None or "calibration" not in old:
+        entry["calibration"] = ("none: tolerances are the recipe's [ledger] defaults; measure them with "
+                                "`pytest --optcheck --optcheck-calibrate 8`")
+    if fingerprint:
+        entry["written_by"] = dict(fingerprint)
     return entry
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.4g}")
 
 
 # -- writing ---------------------------------------------------------------------------------------------
@@ -222,13 +286,15 @@ def write_updates(path: Path, updates: dict[tuple[str, str, str], dict[str, Any]
         if stage in tables:
             table = tables[stage]
             for key in FIELDS:
-                if key in entry and (key not in table or table[key] != entry[key]):
-                    table[key] = entry[key]
+                if key in entry and (key not in table or _plain(table[key]) != entry[key]):
+                    table[key] = _toml_value(entry[key])
+                elif key not in entry and key in table and key != "known_failure":
+                    del table[key]  # e.g. a legacy accuracy_tolerance replaced by the tolerance table
         else:
             table = tomlkit.table()
             for key in FIELDS:
                 if key in entry:
-                    table.add(key, entry[key])
+                    table.add(key, _toml_value(entry[key]))
             tables.append(stage, table)
     text = tomlkit.dumps(doc)
     tomllib.loads(text)  # never write a file we could not read back
@@ -236,6 +302,23 @@ def write_updates(path: Path, updates: dict[tuple[str, str, str], dict[str, Any]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _toml_value(value: Any):
+    """Dicts become inline tables (one line per field in the file), everything else as it is."""
+    import tomlkit
+
+    if isinstance(value, dict):
+        table = tomlkit.inline_table()
+        for k, v in value.items():
+            table[k] = list(v) if isinstance(v, tuple) else v
+        return table
+    return value
+
+
+def _plain(value: Any) -> Any:
+    unwrap = getattr(value, "unwrap", None)
+    return unwrap() if unwrap else value
 
 
 # -- judging one stage ---------------------------------------------------------------------------------
@@ -255,19 +338,35 @@ class Judgement:
             "measured": {k: measured.get(k) for k in METRICS},
             "reference": {k: ref.get(k) for k in METRICS} if ref else None,
             "delta": {k: measured[k] - ref[k] for k in METRICS if ref and measured.get(k) is not None} if ref else None,
+            "tolerance": tolerances(ref, {}) if ref else None,
             "mismatches": [m.render() for m in self.mismatches],
             "updated": self.update is not None,
         }
 
 
+def defaults_for(recipe, exact_architecture: bool) -> dict[str, float]:
+    """Tolerances of a new, uncalibrated entry: the recipe's ``[ledger]`` table; FLOPs and params
+    exact when the recipe alone decides the stage's architecture."""
+    d = recipe.ledger
+    arch = 0.0 if exact_architecture else d.architecture_tolerance
+    return {"test_acc": d.accuracy_tolerance, "flops": arch, "params": arch, "ckpt_bytes": d.bytes_tolerance}
+
+
 def judge(ledger: Ledger, recipe, platform: str, stage: str, measured: dict[str, Any],
-          update: str | None) -> Judgement:
-    """Compare a stage's measured metrics with its ledger entry; ``update`` is None, "failed" or "all"."""
+          update: str | None, *, exact_architecture: bool = False,
+          fingerprint: dict[str, Any] | None = None) -> Judgement:
+    """Compare a stage's measured metrics with its ledger entry; ``update`` is None, "failed" or "all".
+
+    ``fingerprint`` is this run's numerics (``numerics.fingerprint``): it is written into new
+    entries and compared with the entry's ``written_by`` in a failure message.
+    """
+    from .numerics import describe, differences
+
     name = f"[{recipe.name}.{platform}.{stage}]"
-    acc_tol, bytes_tol = recipe.ledger.accuracy_tolerance, recipe.ledger.bytes_tolerance
+    defaults = defaults_for(recipe, exact_architecture)
     entry = ledger.entry(recipe.name, platform, stage)
     if entry is None:
-        new = new_entry(measured, None, acc_tol, bytes_tol)
+        new = new_entry(measured, None, defaults, fingerprint)
         if update == "all":
             return Judgement(update=new)
         if update == "failed":
@@ -276,15 +375,28 @@ def judge(ledger: Ledger, recipe, platform: str, stage: str, measured: dict[str,
                              f"params={new['params']:,}. Rerun to confirm, review the diff and commit it.",
                              update=new)
         return Judgement(f"{name} has no entry in the ledger {ledger.display}: record the current values "
-                         f"with `pytest --optcheck --optcheck-update`, review the diff and commit the ledger")
-    mismatches = compare(entry, measured, acc_tol, bytes_tol)
-    accepted = new_entry(measured, entry, acc_tol, bytes_tol)
+                         f"with `pytest --optcheck --optcheck-update` (or measure tolerances with "
+                         f"`--optcheck-calibrate 8`), review the diff and commit the ledger")
+    mismatches = compare(entry, measured, defaults)
+    accepted = new_entry(measured, entry, defaults, fingerprint)
     changed = any(accepted[k] != entry.get(k) for k in METRICS)
     if update == "all":
         return Judgement(update=accepted if changed else None, reference=entry, mismatches=mismatches)
     if not mismatches:
         return Judgement(reference=entry)
     lines = [f"{name} differs from the ledger {ledger.display}:", *(f"  {m.render()}" for m in mismatches)]
+    lines.append(f"  calibrated: {entry.get('calibration', 'no (exact FLOPs and params, default tolerances)')}")
+    written = entry.get("written_by")
+    lines.append(f"  ledger written on: {describe(written)}")
+    lines.append(f"  this run:          {describe(fingerprint)}")
+    diff = differences(written, fingerprint)
+    if written and fingerprint and not diff:
+        lines.append("  same numerics as the run that wrote the ledger: the difference comes from code, data, "
+                     "settings or library behaviour, not from this machine")
+    if diff:
+        lines.append(f"  numerics differ in: {', '.join(diff)} (a different numerics path: if the spread is "
+                     f"real, recalibrate with `pytest --optcheck --optcheck-calibrate 8` on a machine "
+                     f"that can reach both paths)")
     if "known_failure" in entry:
         lines.append(f"  known failure: {entry['known_failure']}")
         return Judgement("\n".join(lines), reference=entry, mismatches=mismatches)

@@ -20,6 +20,9 @@ from .recipe import FastNASStep, Recipe
 
 STAGES = ("baseline", "pruned", "restored", "finetuned")
 _NEEDS = {"pruned": "baseline", "restored": "pruned", "finetuned": "restored"}
+# stages whose architecture the recipe alone decides: their FLOPs and params are exact on any machine
+# (a search's result is not: last-bit differences can pick another subnet)
+FIXED_ARCHITECTURE = ("baseline",)
 
 
 class StageFailed(Exception):
@@ -72,6 +75,15 @@ class RecipeRun:
     @property
     def has_ctx(self) -> bool:
         return self._ctx is not None
+
+    def fixed_architecture(self, stage: str) -> bool:
+        return stage in FIXED_ARCHITECTURE
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The numerics this process builds with (``numerics.fingerprint``)."""
+        from .numerics import fingerprint
+
+        return fingerprint(self.ctx.device)
 
     def available_stages(self) -> list[str]:
         return stages_of(self.recipe)
@@ -231,10 +243,12 @@ def search_space_bounds(ctx, step: FastNASStep, divisor: int | None = None) -> d
 
 
 def _active_params(model, dummy_input) -> int:
-    """Parameters of the active subnet of a converted model (dynamic modules slice their weights)."""
-    from modelopt.torch.utils.network import param_num_from_forward
+    """Parameters of the active subnet of a converted model (dynamic modules slice their weights),
+    in Model Optimizer's convention (``measure.count_params``); no forward pass, so no training-mode
+    BatchNorm on a batch of one."""
+    from .measure import count_params
 
-    return int(param_num_from_forward(model, args=dummy_input, unit=1.0))
+    return count_params(model)
 
 
 def check_fastnas_target(ctx, step: FastNASStep, path: str,

@@ -45,11 +45,18 @@ def write_plot(doc: dict[str, Any], path: Path) -> None:
         xs = [m["flops"] / 1e6 for m in stages.values()]
         ys = [m["test_acc"] * 100 for m in stages.values()]
         ax.plot(xs, ys, color="0.7", linewidth=1, zorder=1)
+        from .stats import wilson_interval
+
         for stage, m in stages.items():
             marker, color, label = _STYLE.get(stage, ("o", "k", stage))
             x, y = m["flops"] / 1e6, m["test_acc"] * 100
+            # the 95% Wilson interval of each test accuracy (n test images): what one image is worth
+            lo, hi = wilson_interval(round(m["test_acc"] * m["test_n"]), m["test_n"]) if m.get("test_n") else (
+                m["test_acc"], m["test_acc"])
+            ax.errorbar([x], [y], yerr=[[y - lo * 100], [hi * 100 - y]], color=color, capsize=3, linewidth=1,
+                        zorder=2)
             ax.scatter([x], [y], marker=marker, color=color, s=140 if marker == "*" else 70, zorder=3,
-                       label=f"{label}: {y:.2f}%, {x:.1f}M FLOPs")
+                       label=f"{label}: {y:.2f}% [{lo * 100:.1f}, {hi * 100:.1f}], {x:.1f}M FLOPs")
         base = stages.get("baseline")
         budgets = r.get("budgets", {})
         if base is not None:

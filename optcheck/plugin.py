@@ -40,6 +40,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     default=None, help="write failed or missing ledger entries (those checks still fail)")
     group.addoption("--optcheck-update-all", action="store_const", const="all", dest="optcheck_update",
                     help="accept every measured value into the ledger (the checks pass)")
+    group.addoption("--optcheck-calibrate", type=int, default=None, metavar="N",
+                    help="before the checks, rebuild each selected recipe under N variants (seeds, CPU "
+                         "kernel paths, thread counts; one subprocess each) and write the measured "
+                         "ranges and tolerances into the ledger (8 or more recommended)")
     group.addoption("--optcheck-report", default=None, metavar="PATH",
                     help="write a JSON report: machine, versions, git commit, metrics, verdicts, cache hits")
     group.addoption("--optcheck-plot", default=None, metavar="PATH",
@@ -137,10 +141,19 @@ def _progress_logger(config: pytest.Config):
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
     if file_path.suffix != ".toml":
         return None
+    from .settings import LEDGER_NAME
+
+    if file_path.name == LEDGER_NAME:
+        return None  # a regression ledger is never a recipe, even with --optcheck-ledger off
+    config = parent.config
     resolved = file_path.resolve()
-    if resolved == parent.config.stash.get(_LEDGER_PATH, None):
+    ledgers = {config.stash.get(_LEDGER_PATH, None)}  # the ledger in use, when it is on
+    ini = str(config.getini("optcheck_ledger") or "").strip()
+    if ini and ini.lower() != "off":  # the configured one, which the option may have switched off
+        ledgers.add((Path(ini) if Path(ini).is_absolute() else config.rootpath / ini).resolve())
+    if resolved in ledgers:
         return None  # the regression ledger lives next to the recipes but is not one
-    if any(_inside(resolved, root) for root in parent.config.stash.get(_ROOTS, [])):
+    if any(_inside(resolved, root) for root in config.stash.get(_ROOTS, [])):
         from .items import RecipeFile
 
         return RecipeFile.from_parent(parent, path=file_path)
@@ -190,6 +203,20 @@ class _XdistController:
         part = getattr(node, "workeroutput", {}).get("optcheck")
         if part:
             self.state.remote.append(part)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """``--optcheck-calibrate N``: measure tolerances and write the ledger before anything is
+    collected (on the xdist controller, before the workers start and read the ledger)."""
+    config = session.config
+    state = config.stash.get(STATE_KEY, None)
+    count = config.getoption("optcheck_calibrate")
+    if state is None or not state.enabled or count is None or hasattr(config, "workerinput"):
+        return
+    from .settings import calibrate_session
+
+    calibrate_session(config, state, config.stash[_ROOTS], count)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -206,6 +206,10 @@ def terminal_lines(state, written: list[str]) -> list[str]:
         metrics = {s: info["metrics"] for s, info in r["stages"].items()}
         verdicts = {c: v["outcome"] for c, v in r.get("verdicts", {}).items()}
         lines += results_table(f"{r['recipe']} ({r['path']}, seed {r.get('seed')})", metrics, verdicts)
+        for check, v in r.get("verdicts", {}).items():  # the accuracy verdicts with their intervals
+            explain = (v.get("details") or {}).get("explain")
+            if explain:
+                lines.append(f"{check}: {explain}")
         cache = cache_summary(r["stages"])
         if cache:
             lines.append(f"cache: {cache}")
@@ -257,7 +261,8 @@ def markdown(doc: dict[str, Any]) -> str:
         if verdicts:
             out += ["| check | verdict | detail |", "| --- | --- | --- |"]
             for check, v in verdicts.items():
-                detail = _limit_text(r.get("budgets", {}).get(check))
+                detail = (v.get("details") or {}).get("explain") or _limit_text(r.get("budgets", {}).get(check))
+                detail = str(detail).replace("|", "\\|")
                 if v["outcome"] != "passed" and v.get("message"):
                     first = v["message"].splitlines()[0].replace("|", "\\|")
                     detail = (detail + "; " if detail else "") + first[:200]

@@ -8,6 +8,7 @@ reports and the ledger are written once, by one process, after every worker has 
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ class OptcheckState:
     ledger: Any = None  # Ledger, or None when the ledger is off
     update: str | None = None  # None, "failed" (--optcheck-update) or "all" (--optcheck-update-all)
     runs: dict[Path, Any] = field(default_factory=dict)
+    extra_runs: dict[tuple[Path, int], Any] = field(default_factory=dict)  # the other seeds of ``seeds = [...]``
     verdicts: dict[str, dict[str, dict]] = field(default_factory=dict)  # recipe path -> check -> verdict
     ledger_checks: dict[str, dict[str, dict]] = field(default_factory=dict)  # recipe path -> stage -> details
     ledger_updates: dict[tuple[str, str, str], dict] = field(default_factory=dict)
@@ -45,16 +47,33 @@ class OptcheckState:
 
     def run_for(self, recipe) -> Any:
         """The session's one ``RecipeRun`` for this recipe file (stages then run at most once)."""
-        from .pipeline import RecipeRun
-
         key = Path(recipe.path).resolve()
         if key not in self.runs:
             seed = self.seed if self.seed is not None else (
-                recipe.seed if recipe.seed is not None else self.default_seed)
-            workdir = (lambda: self.basetemp(f"optcheck-{recipe.name}")) if self.basetemp else None
-            self.runs[key] = RecipeRun(recipe, device=self.device, seed=seed, workdir=workdir, log=self.log,
-                                       cache=self.cache, threads=self.threads)
+                recipe.seeds[0] if recipe.seeds else recipe.seed if recipe.seed is not None else self.default_seed)
+            self.runs[key] = self._new_run(recipe, seed)
         return self.runs[key]
+
+    def seed_runs_for(self, recipe) -> list[Any]:
+        """One run per seed of ``recipe.seeds`` (the recipe's own run first); just that run when the
+        recipe has no ``seeds`` or ``--optcheck-seed`` fixes one."""
+        first = self.run_for(recipe)
+        if not recipe.seeds or self.seed is not None:
+            return [first]
+        key = Path(recipe.path).resolve()
+        out = [first]
+        for seed in recipe.seeds[1:]:
+            if (key, seed) not in self.extra_runs:
+                self.extra_runs[(key, seed)] = self._new_run(recipe, seed)
+            out.append(self.extra_runs[(key, seed)])
+        return out
+
+    def _new_run(self, recipe, seed: int) -> Any:
+        from .pipeline import RecipeRun
+
+        workdir = (lambda: self.basetemp(f"optcheck-{recipe.name}")) if self.basetemp else None
+        return RecipeRun(recipe, device=self.device, seed=seed, workdir=workdir, log=self.log,
+                         cache=self.cache, threads=self.threads)
 
     def relpath(self, path) -> str:
         try:
@@ -85,10 +104,12 @@ class OptcheckState:
                 "budgets": {b: _limit_of(run.recipe, b) for b in run.recipe.budgets.active()},
                 "ledger": self.ledger_checks.get(rel, {}),
             }
-        return entry_meta_safe({
+        # through JSON: plain str, int, float only. entry_meta_safe keeps str subclasses such as the
+        # TorchVersion in a ledger entry's numerics fingerprint, which execnet cannot send from a worker
+        return json.loads(json.dumps(entry_meta_safe({
             "worker": self.worker, "runs": runs,
             "ledger_updates": [[*k, v] for k, v in self.ledger_updates.items()],
-        })
+        })))
 
     def merged(self) -> tuple[list[dict[str, Any]], dict[tuple[str, str, str], dict]]:
         """Every process's results merged: ``(recipes, ledger_updates)``; recipes sorted by path."""

@@ -98,3 +98,43 @@ def known_recipe_names(roots: list[Path], ledger: Path) -> set[str]:
             name = raw.get("name") if isinstance(raw.get("name"), str) else f.stem
             names.add(name)
     return names
+
+
+def calibrate_session(config: pytest.Config, state, roots: list[Path], count: int) -> None:
+    """Run ``calibrate.calibrate_recipes`` over the recipes this session selected, then reload the
+    ledger so the checks judge against what was just written."""
+    import os
+
+    from .calibrate import calibrate_recipes
+
+    if count < 1:
+        raise pytest.UsageError(f"--optcheck-calibrate {count}: give the number of runs per recipe (8 or more)")
+    if state.ledger is None:
+        raise pytest.UsageError("--optcheck-calibrate writes the regression ledger, which is off "
+                                "(--optcheck-ledger off): drop one of the two options")
+    ledger = state.ledger.path
+    paths: list[Path] = []
+    for arg in config.args:
+        p = Path(arg.split("::")[0])
+        p = p if p.is_absolute() else config.invocation_params.dir / p
+        files = [p] if p.is_file() else sorted(p.rglob("*.toml")) if p.is_dir() else []
+        for f in files:
+            f = f.resolve()
+            if (f.suffix == ".toml" and f.name != LEDGER_NAME and f != ledger.resolve()
+                    and any(f == r or r in f.parents for r in roots) and f not in paths):
+                paths.append(f)
+    if not paths:
+        raise pytest.UsageError("--optcheck-calibrate: no recipe selected (name recipe files or folders, "
+                                "or set optcheck_recipes)")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cache = state.cache.root if state.cache is not None else None
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+
+    def log(message: str) -> None:  # calibration progress is shown even under -q: it takes minutes
+        if reporter is not None:
+            reporter.write_line(f"[optcheck] {message}")
+
+    calibrate_recipes(paths, count, ledger_path=ledger, device=state.device if state.device != "auto" else "cpu",
+                      threads=state.threads or 1, cache_dir=cache, jobs=max(1, cores // (state.threads or 1)),
+                      log=log, rootdir=config.rootpath, display=state.relpath)
+    state.ledger = open_ledger(config, roots)

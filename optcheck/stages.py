@@ -24,7 +24,8 @@ from .data import DataBundle, make_loader
 from .measure import count_flops, count_params, file_bytes
 from .models import build_model
 from .recipe import FastNASStep, FinetuneStep, Recipe
-from .training import Log, Schedule, evaluate, scaled_lr, seed_everything, train
+from .training import (Log, Schedule, evaluate, mean_log_prob, recalibrate_batchnorm, scaled_lr,
+                       seed_everything, train)
 
 
 @dataclass
@@ -137,16 +138,19 @@ def fastnas_prune(ctx: Context, baseline: Artifact, step: FastNASStep) -> Artifa
     seed_everything(ctx.seed)
     model = copy.deepcopy(baseline.model)
     score_loader = ctx.eval_loader("val", step.score_samples)
-    scored = {"n": 0, "best": 0.0, "all": []}
+
+    measure_score = mean_log_prob if step.score == "log_prob" else (
+        lambda m, loader, device: evaluate(m, loader, device)[0])
+    scored = {"n": 0, "best": -float("inf"), "all": []}
 
     def score_func(candidate: nn.Module) -> float:
-        acc = evaluate(candidate, score_loader, ctx.device)[0]
+        score = measure_score(candidate, score_loader, ctx.device)
         scored["n"] += 1
-        scored["best"] = max(scored["best"], acc)
-        scored["all"].append(acc)
+        scored["best"] = max(scored["best"], score)
+        scored["all"].append(score)
         if scored["n"] % 10 == 0:
-            ctx.log(f"fastnas: scored {scored['n']} subnets, best val acc {scored['best']:.4f}")
-        return acc
+            ctx.log(f"fastnas: scored {scored['n']} subnets, best val {step.score} {scored['best']:.4f}")
+        return score
 
     name, value = step.constraint
     search_ckpt = ctx.workdir / "fastnas_search_checkpoint.pth"
@@ -161,6 +165,9 @@ def fastnas_prune(ctx: Context, baseline: Artifact, step: FastNASStep) -> Artifa
                 "checkpoint": str(search_ckpt), "max_iter_data_loader": step.calib_batches,
                 "verbose": False},
     )
+    if step.recalibrate_bn:  # the subnet's BatchNorm statistics are those of the full model
+        seed_everything(ctx.seed)
+        recalibrate_batchnorm(model, ctx.train_loader(), ctx.device)
     path = ctx.workdir / "pruned_modelopt.pth"
     mto.save(model, path)
     metrics = ctx.measure(model, path, time.perf_counter() - start)

@@ -49,6 +49,62 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str = 
     return (correct / total if total else float("nan")), total
 
 
+@torch.no_grad()
+def correct_mask(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Per sample, in loader order: did the model's top-1 prediction hit the label (eval mode)."""
+    was_training = model.training
+    model.eval()
+    hits = []
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        hits.append((model(x).argmax(dim=1) == y).cpu())
+    model.train(was_training)
+    return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+
+
+@torch.no_grad()
+def mean_log_prob(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu") -> float:
+    """Mean log-probability of the true class (eval mode; mode restored): a score with no ties.
+
+    Accuracy on a few hundred images moves in steps of 1/n, so two candidates tie often and a
+    last-bit difference decides between them; this score is continuous.
+    """
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        logp = torch.log_softmax(model(x).double(), dim=1)
+        total += logp.gather(1, y.view(-1, 1)).sum().item()
+        n += y.numel()
+    model.train(was_training)
+    return total / n if n else float("nan")
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu") -> int:
+    """Re-estimate every BatchNorm's running statistics from one pass over ``loader``.
+
+    Statistics are reset and averaged cumulatively (momentum None) over the whole pass, then each
+    layer's momentum is put back. Returns the number of BatchNorm layers. The weights do not change.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for x, _y in loader:
+        model(x.to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+    return len(norms)
+
+
 @dataclass(frozen=True)
 class Schedule:
     epochs: int

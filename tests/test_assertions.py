@@ -10,6 +10,7 @@ import torch
 
 from optcheck import (assert_accuracy_drop_under, assert_flops_below, assert_params_below,
                       assert_restore_roundtrip, assert_same_model)
+from optcheck.assertions import assert_accuracy_at_least, paired_accuracy_drop
 from optcheck.models import SmallCNN
 
 
@@ -93,6 +94,191 @@ def test_accuracy_arguments_are_checked():
         assert_accuracy_drop_under(0.9, 0.9, None, 2)
     with pytest.raises(ValueError, match="pass data="):
         assert_accuracy_drop_under(SmallCNN(), 0.9, None, 0.1)
+
+
+# -- paired drops with an interval, and the baseline's floor ------------------------------------------
+#
+# Lookup models answer from a table, so exactly which test images each gets right is known: 400
+# "images" (input i is the number i), labels 0..3 in turn (chance 25%); the baseline is wrong on
+# images 0..19 (95.00%). A candidate with (b, c) is right where the baseline is, except on b more
+# images, and also on c of the 20 the baseline misses. At n = 400, 95% confidence (Newcombe):
+#   (b, c) = (0, 0):  drop 0.00 pp, CI [-0.99, +0.99] pp
+#            (4, 0):  drop 1.00 pp, CI [-0.27, +2.48] pp
+#           (12, 0):  drop 3.00 pp, CI [+1.27, +5.09] pp
+#           (40, 0):  drop 10.00 pp, CI [+7.16, +13.26] pp
+# so against a 2 pp budget each rule has a passing and a failing case.
+
+N_IMAGES, CLASSES = 400, 4
+LABELS = torch.arange(N_IMAGES) % CLASSES
+IMAGES = (torch.arange(N_IMAGES, dtype=torch.float32).unsqueeze(1), LABELS)
+BASELINE_WRONG = range(20)
+
+
+class Lookup(torch.nn.Module):
+    """Answers ``preds[i]`` (one-hot logits) for input ``i``: a model whose hits are known exactly."""
+
+    def __init__(self, preds: torch.Tensor, classes: int = CLASSES):
+        super().__init__()
+        self.register_buffer("preds", preds.clone())
+        self.classes = classes
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(self.preds[x[:, 0].long()], self.classes).float()
+
+
+def wrong_on(indices, labels=LABELS, classes=CLASSES) -> Lookup:
+    """A lookup model right on every image but ``indices``."""
+    preds = labels.clone()
+    idx = torch.as_tensor(list(indices), dtype=torch.long)
+    preds[idx] = (labels[idx] + 1) % classes
+    return Lookup(preds, classes)
+
+
+def candidate(b: int, c: int) -> Lookup:
+    """Wrong on b images the baseline gets right, right on c the baseline gets wrong."""
+    return wrong_on(set(range(c, 20)) | set(range(20, 20 + b)))
+
+
+BASELINE = wrong_on(BASELINE_WRONG)
+
+
+@pytest.mark.parametrize("b, c", [(0, 0), (4, 0), (12, 0), (3, 7)])
+def test_paired_accuracy_drop_counts_the_disagreements(b, c):
+    drop = paired_accuracy_drop(BASELINE, candidate(b, c), IMAGES)
+    assert (drop.n, drop.b, drop.c) == (N_IMAGES, b, c)
+    assert drop.base_acc == 0.95 and drop.drop == pytest.approx((b - c) / N_IMAGES)
+    assert drop.low < drop.drop < drop.high
+
+
+@pytest.mark.parametrize("b, rule, passes", [
+    (0, "point", True), (12, "point", False),                                    # 0 pp; 3 pp > 2
+    (12, "not_significantly_over", True), (40, "not_significantly_over", False),  # low 1.27; 7.16 > 2
+    (0, "assured_under", True), (4, "assured_under", False),                      # high 0.99; 2.48 > 2
+])
+def test_each_rule_on_both_sides(b, rule, passes):
+    if passes:
+        assert assert_accuracy_drop_under(BASELINE, candidate(b, 0), IMAGES, 0.02, rule=rule) == b / N_IMAGES
+    else:
+        with pytest.raises(AssertionError, match=f"rule +: {rule}: .* -> fail"):
+            assert_accuracy_drop_under(BASELINE, candidate(b, 0), IMAGES, 0.02, rule=rule)
+
+
+def test_point_passes_where_assured_under_fails():
+    weak = candidate(4, 0)  # drop 1.00 pp, 95% CI [-0.27, +2.48] pp: under 2 pp, but not surely
+    assert assert_accuracy_drop_under(BASELINE, weak, IMAGES, 0.02) == pytest.approx(0.01)
+    with pytest.raises(AssertionError) as info:
+        assert_accuracy_drop_under(BASELINE, weak, IMAGES, 0.02, rule="assured_under")
+    msg = str(info.value)
+    assert "optcheck budget 'accuracy_drop_under' failed" in msg
+    assert "95.00% (n=400, 380 correct)" in msg and "94.00% (n=400, 376 correct)" in msg
+    assert "drop      : 1.00 pp, allowed 2.00 pp" in msg
+    assert "95% CI    : [-0.27, +2.48] pp (paired: 4 images only the baseline got right, 0 only the candidate)" in msg
+    assert "rule      : assured_under: pass only when the upper bound <= 2.00 pp -> fail" in msg
+    assert "fine-tune" in msg
+
+
+def test_point_fails_where_not_significantly_over_passes():
+    worse = candidate(12, 0)  # drop 3.00 pp, 95% CI [+1.27, +5.09] pp: over 2 pp, but not surely
+    assert assert_accuracy_drop_under(BASELINE, worse, IMAGES, 0.02, rule="not_significantly_over") == 0.03
+    with pytest.raises(AssertionError) as info:
+        assert_accuracy_drop_under(BASELINE, worse, IMAGES, 0.02)
+    msg = str(info.value)
+    assert "drop      : 3.00 pp, allowed 2.00 pp" in msg and "[+1.27, +5.09] pp" in msg
+    assert "rule      : point: pass when the observed drop <= 2.00 pp -> fail" in msg
+
+
+def test_a_higher_confidence_widens_the_interval():
+    weak = candidate(4, 0)
+    assert_accuracy_drop_under(BASELINE, weak, IMAGES, 0.03, rule="assured_under")  # high 2.48 pp at 95%
+    with pytest.raises(AssertionError, match=r"99% CI +: \[-\d.\d\d, \+3\.\d\d\] pp"):
+        assert_accuracy_drop_under(BASELINE, weak, IMAGES, 0.03, rule="assured_under", confidence=0.99)
+
+
+def test_lists_of_models_are_judged_on_the_mean_drop_over_seeds():
+    # seed drops 3.00 and 0.00 pp: one seed alone breaks a 2 pp budget, their mean (1.50 pp) does not
+    bases, cands = [BASELINE, BASELINE], [candidate(12, 0), candidate(0, 0)]
+    assert assert_accuracy_drop_under(bases, cands, IMAGES, 0.02) == pytest.approx(0.015)
+    # with two seeds the t-interval has 1 degree of freedom: wide, so assured_under fails
+    with pytest.raises(AssertionError) as info:
+        assert_accuracy_drop_under(bases, cands, IMAGES, 0.02, rule="assured_under")
+    msg = str(info.value)
+    assert "drop   : 1.50 pp mean over 2 seeds (3.00, 0.00 pp), allowed 2.00 pp" in msg
+    assert "t-interval over 2 seeds (1 df)" in msg and "rule   : assured_under" in msg
+    with pytest.raises(AssertionError, match=r"2\.50 pp mean over 2 seeds \(3\.00, 2\.00 pp\)"):
+        assert_accuracy_drop_under(bases, [candidate(12, 0), candidate(8, 0)], IMAGES, 0.02)
+    # one data set per seed is accepted as well
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*IMAGES), batch_size=64)
+    assert assert_accuracy_drop_under(bases, cands, [loader, loader], 0.02) == pytest.approx(0.015)
+
+
+def test_drop_arguments_are_checked():
+    with pytest.raises(ValueError, match="rule 'assured_under' needs the two models"):
+        assert_accuracy_drop_under(0.95, 0.94, None, 0.02, rule="assured_under")
+    with pytest.raises(ValueError, match="rule 'not_significantly_over' needs the two models"):
+        assert_accuracy_drop_under(BASELINE, 0.94, IMAGES, 0.02, rule="not_significantly_over")
+    with pytest.raises(ValueError, match="rule 'strict' is unknown: use one of point, "
+                                         "not_significantly_over, assured_under"):
+        assert_accuracy_drop_under(BASELINE, BASELINE, IMAGES, 0.02, rule="strict")
+    with pytest.raises(ValueError, match="one baseline and one candidate model per seed"):
+        assert_accuracy_drop_under([BASELINE, BASELINE], [BASELINE], IMAGES, 0.02)
+    with pytest.raises(ValueError, match="one baseline and one candidate model per seed"):
+        assert_accuracy_drop_under([BASELINE], BASELINE, IMAGES, 0.02)
+
+
+def test_accuracy_at_least_passes_for_the_trained_baseline(tiny_run):
+    result = assert_accuracy_at_least(tiny_run.artifact("baseline").model, tiny_run.ctx.test_loader)
+    assert result["chance"] == 0.25 and result["floor"] == 0.625  # 4 balanced classes: halfway to 100%
+    assert result["accuracy"] == tiny_run.artifact("baseline").metrics.test_acc >= 0.625
+    assert "vs floor 62.50% (auto: halfway from chance 25.00% to 100%" in result["explain"]
+
+
+def test_accuracy_at_least_fails_for_a_model_at_chance(tiny_run):
+    class Constant(torch.nn.Module):
+        def forward(self, x):  # the same logits for every image: always class 0
+            return torch.tensor([1.0, 0.0, 0.0, 0.0]).expand(len(x), 4)
+
+    with pytest.raises(AssertionError) as info:
+        assert_accuracy_at_least(Constant(), tiny_run.ctx.test_loader)
+    msg = str(info.value)
+    assert "optcheck budget 'baseline_accuracy_at_least' failed" in msg
+    assert "accuracy       : 25.00% (n=48, 12 correct; 95% CI [" in msg
+    assert "floor          : 62.50% (auto: halfway from chance 25.00% to 100%)" in msg
+    assert "chance         : 25.00% (always answering the most frequent label)" in msg
+    assert "learned too little" in msg and "train the baseline longer" in msg
+
+
+def test_accuracy_at_least_takes_chance_from_the_majority_label():
+    labels = torch.tensor([0] * 60 + [1] * 40)  # chance 60%: the auto floor is 80%
+    data = (torch.arange(100, dtype=torch.float32).unsqueeze(1), labels)
+    majority = Lookup(torch.zeros(100, dtype=torch.long), classes=2)  # always class 0: 60% right
+    with pytest.raises(AssertionError) as info:
+        assert_accuracy_at_least(majority, data)
+    msg = str(info.value)
+    assert "60.00% (n=100, 60 correct" in msg and "floor          : 80.00% (auto: halfway from chance 60.00%" in msg
+    good = wrong_on(range(15), labels, 2)  # 85% right
+    assert assert_accuracy_at_least(good, data)["floor"] == pytest.approx(0.8)
+
+
+def test_accuracy_at_least_with_an_explicit_floor():
+    labels = torch.tensor([0] * 60 + [1] * 40)
+    data = (torch.arange(100, dtype=torch.float32).unsqueeze(1), labels)
+    good = wrong_on(range(15), labels, 2)  # 85% right
+    result = assert_accuracy_at_least(good, data, 0.85)  # exactly at the floor passes
+    assert result["accuracy"] == 0.85 and result["floor"] == 0.85 and result["chance"] == 0.6
+    with pytest.raises(AssertionError) as info:
+        assert_accuracy_at_least(good, data, 0.9)
+    msg = str(info.value)
+    assert "85.00% (n=100, 85 correct" in msg and "floor          : 90.00% (set in the recipe)" in msg
+    assert "chance         : 60.00%" in msg
+
+
+def test_accuracy_at_least_arguments_are_checked():
+    empty = (torch.zeros(0, 1), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match="the data is empty"):
+        assert_accuracy_at_least(BASELINE, empty)
+    for floor in (0, 1.5, "90%", True):
+        with pytest.raises(ValueError, match="must be 'auto' or a fraction in"):
+            assert_accuracy_at_least(BASELINE, IMAGES, floor)
 
 
 # -- save / restore -------------------------------------------------------------------------------

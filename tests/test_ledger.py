@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from optcheck.ledger import LedgerError, compare, judge, load_ledger, new_entry, write_updates
+from optcheck.ledger import LedgerError, compare, judge, load_ledger, new_entry, tolerances, write_updates
 from optcheck.recipe import parse_recipe
 
 from conftest import tiny_recipe
@@ -32,6 +32,7 @@ known_failure = "GH-7: the subnet collapses before fine-tuning"
 """
 
 MEASURED = {"test_acc": 0.9, "flops": 1000, "params": 100, "ckpt_bytes": 5000}
+EXACT = {"test_acc": 0.01, "flops": 0.0, "params": 0.0, "ckpt_bytes": 0.05}  # legacy semantics
 
 
 @pytest.fixture
@@ -77,28 +78,44 @@ def test_the_unknown_recipe_message_lists_the_recipes(tmp_path):
         load_ledger(write(tmp_path, GOOD.replace("[tiny.cpu.pruned]", "[gone.cpu.pruned]")), {"tiny", "digits"})
 
 
-def test_flops_and_params_must_match_exactly():
+def test_legacy_entries_keep_exact_flops_and_params():
     entry = {**MEASURED, "accuracy_tolerance": 0.01}
-    assert compare(entry, MEASURED, 0.01, 0.05) == []
-    [m] = compare(entry, {**MEASURED, "flops": 1001}, 0.01, 0.05)
+    assert compare(entry, MEASURED, EXACT) == []
+    [m] = compare(entry, {**MEASURED, "flops": 1001}, EXACT)
     assert m.metric == "flops" and "1,001 now, 1,000 in the ledger" in m.render() and "exactly" in m.render()
-    [m] = compare(entry, {**MEASURED, "params": 99}, 0.01, 0.05)
+    [m] = compare(entry, {**MEASURED, "params": 99}, EXACT)
     assert m.metric == "params"
 
 
 @pytest.mark.parametrize("acc, fails", [(0.905, False), (0.895, False), (0.92, True), (0.88, True)])
 def test_accuracy_is_two_sided_within_the_entry_tolerance(acc, fails):
     entry = {**MEASURED, "accuracy_tolerance": 0.01}
-    found = compare(entry, {**MEASURED, "test_acc": acc}, 0.5, 0.05)  # the entry's tolerance wins
+    found = compare(entry, {**MEASURED, "test_acc": acc}, {**EXACT, "test_acc": 0.5})  # the entry's wins
     assert bool(found) == fails
     if fails:
-        assert "both directions" in found[0].render() and "pp" in found[0].render()
+        assert "+-1.00 pp" in found[0].render() and "pp" in found[0].render()
 
 
 def test_checkpoint_bytes_within_a_relative_tolerance():
     entry = {**MEASURED, "bytes_tolerance": 0.05}
-    assert compare(entry, {**MEASURED, "ckpt_bytes": 5200}, 0.01, 0.05) == []
-    assert [m.metric for m in compare(entry, {**MEASURED, "ckpt_bytes": 5300}, 0.01, 0.05)] == ["ckpt_bytes"]
+    assert compare(entry, {**MEASURED, "ckpt_bytes": 5200}, EXACT) == []
+    assert [m.metric for m in compare(entry, {**MEASURED, "ckpt_bytes": 5300}, EXACT)] == ["ckpt_bytes"]
+
+
+@pytest.mark.parametrize("flops, fails", [(1080, False), (920, False), (1101, True), (899, True)])
+def test_a_calibrated_tolerance_is_relative_and_two_sided_and_the_message_shows_the_range(flops, fails):
+    entry = {**MEASURED, "tolerance": {"flops": 0.1, "params": 0.0, "test_acc": 0.01, "ckpt_bytes": 0.05},
+             "observed": {"flops": [960, 1040]}}
+    found = compare(entry, {**MEASURED, "flops": flops}, EXACT)
+    assert bool(found) == fails
+    if fails:
+        assert "tolerance +-10%" in found[0].render() and "calibration saw 960..1,040" in found[0].render()
+
+
+def test_the_tolerance_table_wins_over_legacy_fields_and_defaults():
+    entry = {**MEASURED, "accuracy_tolerance": 0.05, "tolerance": {"test_acc": 0.02}}
+    assert tolerances(entry, EXACT) == {**EXACT, "test_acc": 0.02}
+    assert tolerances({**MEASURED, "bytes_tolerance": 0.2}, EXACT)["ckpt_bytes"] == 0.2
 
 
 def test_missing_entry_fails_with_how_to_create_it(tmp_path, recipe):
@@ -107,7 +124,11 @@ def test_missing_entry_fails_with_how_to_create_it(tmp_path, recipe):
     assert "no entry" in j.failure and "--optcheck-update" in j.failure and j.update is None
     j = judge(ledger, recipe, "cpu", "baseline", MEASURED, "failed")
     assert j.failure and "rerun to confirm" in j.failure.lower() and j.update["flops"] == 1000
-    assert j.update["accuracy_tolerance"] == recipe.ledger.accuracy_tolerance  # default from the recipe
+    assert j.update["tolerance"]["test_acc"] == recipe.ledger.accuracy_tolerance  # default from the recipe
+    assert j.update["tolerance"]["flops"] == recipe.ledger.architecture_tolerance  # a searched stage
+    assert "--optcheck-calibrate" in j.update["calibration"]
+    exact = judge(ledger, recipe, "cpu", "baseline", MEASURED, "failed", exact_architecture=True)
+    assert exact.update["tolerance"]["flops"] == exact.update["tolerance"]["params"] == 0
     j = judge(ledger, recipe, "cpu", "baseline", MEASURED, "all")
     assert j.failure is None and j.update is not None
 
@@ -115,10 +136,10 @@ def test_missing_entry_fails_with_how_to_create_it(tmp_path, recipe):
 def test_update_writes_failed_entries_but_keeps_known_failures(tmp_path, recipe):
     ledger = load_ledger(write(tmp_path, GOOD), {"tiny"})
     moved = {**MEASURED, "flops": 1200}
-    j = judge(ledger, recipe, "cpu", "baseline", moved, None)
+    j = judge(ledger, recipe, "cpu", "baseline", moved, None, exact_architecture=True)
     assert "flops: 1,200 now, 1,000 in the ledger" in j.failure and j.update is None
-    j = judge(ledger, recipe, "cpu", "baseline", moved, "failed")
-    assert j.failure and j.update["flops"] == 1200 and j.update["accuracy_tolerance"] == 0.01
+    j = judge(ledger, recipe, "cpu", "baseline", moved, "failed", exact_architecture=True)
+    assert j.failure and j.update["flops"] == 1200 and j.update["tolerance"]["test_acc"] == 0.01
     pruned = {"test_acc": 0.1, "flops": 500, "params": 50, "ckpt_bytes": 3000}
     j = judge(ledger, recipe, "cpu", "pruned", pruned, "failed")
     assert "known failure: GH-7" in j.failure and j.update is None
@@ -134,11 +155,11 @@ def test_update_all_accepts_and_passes(tmp_path, recipe):
 
 def test_updates_change_values_in_place_and_keep_comments_and_order(tmp_path):
     path = write(tmp_path, GOOD)
-    entry = new_entry({**MEASURED, "flops": 1234}, {"accuracy_tolerance": 0.01}, 0.02, 0.05)
+    entry = {**MEASURED, "flops": 1234, "accuracy_tolerance": 0.01}
     write_updates(path, {("tiny", "cpu", "baseline"): entry})
     text = path.read_text()
     diff = [d for d in difflib.ndiff(GOOD.splitlines(), text.splitlines()) if d[:1] in "+-"]
-    assert diff == ["- flops = 1000", "+ flops = 1234", "+ bytes_tolerance = 0.05"]  # nothing else moved
+    assert diff == ["- flops = 1000", "+ flops = 1234"]  # nothing else moved
     assert "# a comment the team wrote" in text and "# kept on update" in text
     write_updates(path, {("tiny", "cpu", "baseline"): entry})
     assert path.read_text() == text  # the same update twice: the same bytes
@@ -146,7 +167,7 @@ def test_updates_change_values_in_place_and_keep_comments_and_order(tmp_path):
 
 def test_new_entries_are_appended_in_a_fixed_order_and_read_back(tmp_path):
     path = tmp_path / "optcheck-ledger.toml"
-    e = new_entry(MEASURED, None, 0.01, 0.05)
+    e = new_entry(MEASURED, None, EXACT)
     write_updates(path, {("zeta", "cpu", "finetuned"): e, ("alpha", "cpu", "pruned"): e,
                          ("zeta", "cpu", "baseline"): e, ("alpha", "cpu", "baseline"): e})
     text = path.read_text()

@@ -33,8 +33,9 @@ def project(pytester):
 
 def test_without_the_flag_recipe_items_are_skipped_with_the_reason(project):
     result = project.runpytest_inprocess("-rs", "-v")
-    result.assert_outcomes(skipped=3)
+    result.assert_outcomes(skipped=4)
     result.stdout.fnmatch_lines([
+        "recipes/tiny.toml::baseline_accuracy_at_least SKIPPED*",
         "recipes/tiny.toml::flops_below SKIPPED*",
         "recipes/tiny.toml::accuracy_drop_under SKIPPED*",
         "recipes/tiny.toml::restore_roundtrip SKIPPED*",
@@ -44,8 +45,9 @@ def test_without_the_flag_recipe_items_are_skipped_with_the_reason(project):
 
 def test_with_the_flag_each_budget_is_an_item_and_the_table_is_printed(project):
     result = project.runpytest_inprocess("--optcheck", "-v", "--optcheck-device", "cpu")
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines([
+        "recipes/tiny.toml::baseline_accuracy_at_least PASSED*",
         "recipes/tiny.toml::flops_below PASSED*",
         "recipes/tiny.toml::accuracy_drop_under PASSED*",
         "recipes/tiny.toml::restore_roundtrip PASSED*",
@@ -54,7 +56,10 @@ def test_with_the_flag_each_budget_is_an_item_and_the_table_is_printed(project):
         "stage*test acc*FLOPs*params*checkpoint*time*",
         "baseline*(n=48)*",
         "pruned*", "restored*", "fine-tuned*",
-        "checks: flops_below passed, accuracy_drop_under passed, restore_roundtrip passed",
+        "checks: baseline_accuracy_at_least passed, flops_below passed, accuracy_drop_under passed, "
+        "restore_roundtrip passed",
+        "baseline_accuracy_at_least: * vs floor 62.50% (auto: halfway from chance 25.00% to 100%*",
+        "accuracy_drop_under: drop * pp, 95% CI [[]*] pp (n=48; *); rule point: * -> pass",
     ])
     out = result.stdout.str()
     assert out.count("[optcheck] tiny: building baseline") == 1  # once per session
@@ -63,7 +68,7 @@ def test_with_the_flag_each_budget_is_an_item_and_the_table_is_printed(project):
 
 def test_quiet_hides_progress_but_keeps_the_table(project):
     result = project.runpytest_inprocess("--optcheck", "-q")
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=4)
     out = result.stdout.str()
     assert "[optcheck]" not in out and "optcheck results: tiny" in out
 
@@ -72,7 +77,7 @@ def test_a_broken_budget_fails_with_a_readable_message(project):
     (project.path / "recipes" / "tiny.toml").write_text(
         tiny_recipe(budgets='flops_below = "20%"\naccuracy_drop_under = 0.25\n'))
     result = project.runpytest_inprocess("--optcheck")
-    result.assert_outcomes(passed=1, failed=1)
+    result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines([
         "*flops_below (tiny.toml)*",
         "optcheck budget 'flops_below' failed",
@@ -80,16 +85,97 @@ def test_a_broken_budget_fails_with_a_readable_message(project):
         "  limit * = 20% of reference *",
         "  over by *",
         "  hint *",
-        "*checks: flops_below failed, accuracy_drop_under passed",
+        "*checks: baseline_accuracy_at_least passed, flops_below failed, accuracy_drop_under passed",
     ])
     assert "Traceback" not in result.stdout.str() and "def check_budget" not in result.stdout.str()
+
+
+def test_a_baseline_that_learned_nothing_fails_its_floor_and_the_other_checks_still_run(project):
+    (project.path / "recipes" / "tiny.toml").write_text(  # one epoch at a learning rate of 1e-6: untrained
+        tiny_recipe(budgets='flops_below = "70%"\nrestore_roundtrip = true\n')
+        .replace("epochs = 6\nlr = 0.4", "epochs = 1\nlr = 1e-6"))
+    result = project.runpytest_inprocess("--optcheck", "-v")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines([
+        "recipes/tiny.toml::baseline_accuracy_at_least FAILED*",
+        "recipes/tiny.toml::flops_below PASSED*",
+        "recipes/tiny.toml::restore_roundtrip PASSED*",
+        "*baseline_accuracy_at_least (tiny.toml)*",
+        "optcheck budget 'baseline_accuracy_at_least' failed",
+        "  accuracy       : *% (n=48, * correct; 95% CI [[]*]%)",
+        "  floor          : 62.50% (auto: halfway from chance 25.00% to 100%)",
+        "  chance         : 25.00% (always answering the most frequent label)",
+        "  why it matters : the baseline learned too little*",
+        "  hint           : train the baseline longer*",
+        "checks: baseline_accuracy_at_least failed, flops_below passed, restore_roundtrip passed",
+    ])
+
+
+def test_accuracy_rule_assured_under_needs_the_whole_interval_under_the_budget(project, monkeypatch):
+    # the tiny recipe measures a drop of 0.00 pp with a 95% CI of about [-9, +9] pp (48 test images):
+    # under 5 pp on the point estimate, not on the upper bound
+    recipe = project.path / "recipes" / "tiny.toml"
+    recipe.write_text(tiny_recipe(budgets='accuracy_drop_under = 0.05\naccuracy_rule = "point"\n'))
+    point = project.runpytest_inprocess("--optcheck")
+    point.assert_outcomes(passed=2)
+    point.stdout.fnmatch_lines(["accuracy_drop_under: drop * pp, 95% CI [[]*] pp (n=48; *); "
+                                "rule point: pass when the observed drop <= 5.00 pp -> pass"])
+    recipe.write_text(tiny_recipe(budgets='accuracy_drop_under = 0.05\naccuracy_rule = "assured_under"\n'))
+    summary = project.path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    assured = project.runpytest_inprocess("--optcheck")  # the same models, from the cache
+    assured.assert_outcomes(passed=1, failed=1)
+    assured.stdout.fnmatch_lines([
+        "optcheck budget 'accuracy_drop_under' failed",
+        "  drop      : * pp, allowed 5.00 pp",
+        "  95% CI    : [[]*] pp (paired: * images only the baseline got right, * only the candidate)",
+        "  rule      : assured_under: pass only when the upper bound <= 5.00 pp -> fail",
+        "checks: baseline_accuracy_at_least passed, accuracy_drop_under failed",
+        "accuracy_drop_under: drop * pp, 95% CI [[]*] pp (n=48; *); "
+        "rule assured_under: pass only when the upper bound <= 5.00 pp -> fail",
+    ])
+    assert "building baseline" not in assured.stdout.str()
+    md = summary.read_text()
+    assert "| accuracy_drop_under | ❌ failed | drop " in md
+    assert "rule assured_under: pass only when the upper bound <= 5.00 pp -> fail; " \
+           "optcheck budget 'accuracy_drop_under' failed |" in md
+
+
+def test_seeds_judge_the_accuracy_budget_on_the_mean_drop_over_the_seeds(project):
+    import json
+
+    text = tiny_recipe(budgets="accuracy_drop_under = 0.25\n").replace("seed = 0", "seeds = [0, 1]")
+    text = text.replace('[[steps]]\nkind = "finetune"\nepochs = 3\nlr_scale = 0.1\n', "")  # fewer builds: faster
+    (project.path / "recipes" / "tiny.toml").write_text(text)
+    result = project.runpytest_inprocess("--optcheck", "--optcheck-report", "report.json")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines([
+        "optcheck results: tiny (*, seed 0)",  # the other checks and the table: the first seed
+        "accuracy_drop_under: mean drop * pp over 2 seeds, 95% t-interval [[]*] pp (n=48 images per seed; "
+        "per-seed drops *, * pp; sd * pp); rule point: pass when the observed drop <= 25.00 pp -> pass",
+    ])
+    assert result.stdout.str().count("tiny: building baseline") == 2  # one build per seed
+    [recipe] = json.loads((project.path / "report.json").read_text())["recipes"]
+    details = recipe["verdicts"]["accuracy_drop_under"]["details"]
+    assert details["seeds"] == 2 and details["ci_low"] <= details["accuracy_drop"] <= details["ci_high"]
+
+
+def test_an_unknown_accuracy_rule_is_a_recipe_error(project):
+    (project.path / "recipes" / "tiny.toml").write_text(
+        tiny_recipe(budgets='accuracy_drop_under = 0.05\naccuracy_rule = "nonsense"\n'))
+    result = project.runpytest_inprocess("--optcheck")
+    result.assert_outcomes(errors=1)
+    out = result.stdout.str()
+    assert "tiny.toml: invalid optcheck recipe (1 problem)" in out
+    assert "field 'budgets.accuracy_rule': Input should be 'point', 'not_significantly_over' or 'assured_under'" in out
+    assert "building baseline" not in out
 
 
 def test_bad_recipe_is_one_collection_error_and_the_others_still_run(project):
     (project.path / "recipes" / "bad.toml").write_text(
         tiny_recipe(budgets="flops_below = '150%'\n").replace("epochs = 6", "epochs = 6\nepoch = 4"))
     result = project.runpytest_inprocess("--optcheck")
-    result.assert_outcomes(passed=3, errors=1)
+    result.assert_outcomes(passed=4, errors=1)
     out = result.stdout.str()
     assert "ERROR collecting recipes/bad.toml" in out
     assert "bad.toml: invalid optcheck recipe (2 problems)" in out
@@ -101,7 +187,7 @@ def test_bad_recipe_is_one_collection_error_and_the_others_still_run(project):
 def test_bad_recipe_errors_even_without_the_flag(project):
     (project.path / "recipes" / "bad.toml").write_text("[data]\ndataset = 'mnist'\n[budgets]\naccuracy_drop_under = 0.1\n")
     result = project.runpytest_inprocess()
-    result.assert_outcomes(skipped=3, errors=1)
+    result.assert_outcomes(skipped=4, errors=1)
     assert "field 'data.dataset': unknown dataset 'mnist'" in result.stdout.str()
     assert result.ret == pytest.ExitCode.TESTS_FAILED
 
@@ -130,7 +216,7 @@ def test_missing_cifar10_skips_with_where_it_looked(project, tmp_path):
         tiny_recipe().replace('dataset = "synthetic"', f'dataset = "cifar10"\nroot = "{tmp_path / "none"}"')
         .replace("options = { samples = 240, classes = 4, image_size = 16 }\n", ""))
     result = project.runpytest_inprocess("--optcheck", "-rs", "recipes/cifar.toml")
-    result.assert_outcomes(skipped=3)
+    result.assert_outcomes(skipped=4)
     result.stdout.fnmatch_lines([f"*CIFAR-10 not found: looked in {tmp_path / 'none' / 'cifar-10-batches-py'}*"])
 
 
@@ -153,7 +239,7 @@ def test_fixtures_share_the_stages_with_recipe_items(project):
                                reference=trained_baseline.model)
     """)
     result = project.runpytest_inprocess("--optcheck", "recipes", "test_hand.py")
-    result.assert_outcomes(passed=5)
+    result.assert_outcomes(passed=6)
     assert result.stdout.str().count("tiny: building baseline") == 1
 
 
@@ -181,7 +267,7 @@ def test_optcheck_recipes_option_and_seed(pytester):
     pytester.makepyfile(test_other="def test_ok(): pass")
     result = pytester.runpytest_inprocess("--optcheck", "--optcheck-recipes", "elsewhere", "--optcheck-seed", "7", "--optcheck-ledger", "off",
                                           "-W", "ignore::UserWarning", "test_other.py")
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=5)
     result.stdout.fnmatch_lines(["optcheck results: tiny (*, seed 7)"])
 
 
@@ -190,7 +276,7 @@ def test_ini_options(pytester):
     pytester.mkdir("cfg")
     (pytester.path / "cfg" / "tiny.toml").write_text(tiny_recipe().replace("seed = 0\n", ""))
     result = pytester.runpytest_inprocess("--optcheck")
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["optcheck results: tiny (*, seed 3)"])
 
 
@@ -215,7 +301,7 @@ def test_params_constraint_and_budget(project):
     (project.path / "recipes" / "tiny.toml").write_text(
         tiny_recipe(budgets='params_below = "60%"\n').replace('flops = "60%"', 'params = "60%"'))
     result = project.runpytest_inprocess("--optcheck", "-v")
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*fastnas: searching under params <= 60%*", "recipes/tiny.toml::params_below PASSED*"])
 
 
@@ -244,6 +330,6 @@ def test_a_session_that_does_not_use_optcheck_imports_no_torch(pytester, with_re
         pytester.mkdir("recipes")
         (pytester.path / "recipes" / "tiny.toml").write_text(tiny_recipe())
     result = pytester.runpytest_subprocess()
-    result.assert_outcomes(passed=1, skipped=3 if with_recipes else 0)
+    result.assert_outcomes(passed=1, skipped=4 if with_recipes else 0)
     seen = json.loads((pytester.path / "modules.json").read_text())
     assert seen == {"heavy": [], "plugin": True}

@@ -44,43 +44,43 @@ LEDGER = "recipes/optcheck-ledger.toml"
 
 def test_cache_second_run_builds_nothing_and_no_cache_builds_everything(project):
     first = project.runpytest_inprocess("--optcheck", "--optcheck-ledger", "off")
-    first.assert_outcomes(passed=3)
+    first.assert_outcomes(passed=4)
     assert "tiny: building baseline" in first.stdout.str()
     assert (project.path / ".optcheck" / "cache" / "entries" / "baseline").is_dir()  # the default place
     second = project.runpytest_inprocess("--optcheck", "--optcheck-ledger", "off")
-    second.assert_outcomes(passed=3)
+    second.assert_outcomes(passed=4)
     out = second.stdout.str()
     assert "building baseline" not in out and "building pruned" not in out and "building finetuned" not in out
     second.stdout.fnmatch_lines(["cache: baseline cache hit; pruned cache hit; finetuned cache hit"])
     assert "building restored" in out  # the round trip itself is never cached
     off = project.runpytest_inprocess("--optcheck", "--optcheck-ledger", "off", "--optcheck-no-cache")
-    off.assert_outcomes(passed=3)
+    off.assert_outcomes(passed=4)
     assert "tiny: building baseline" in off.stdout.str() and "optcheck cache: off (--optcheck-no-cache)" in off.stdout.str()
     again = project.runpytest_inprocess("--optcheck", "--optcheck-ledger", "off", "--optcheck-rebuild")
-    again.assert_outcomes(passed=3)
+    again.assert_outcomes(passed=4)
     assert again.stdout.str().count("tiny: building baseline") == 1
 
 
 def test_cache_dir_option_and_an_unwritable_one(project):
     result = project.runpytest_inprocess("--optcheck", "--optcheck-ledger", "off", "--optcheck-cache-dir", "elsewhere")
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=4)
     assert (project.path / "elsewhere" / "entries" / "finetuned").is_dir()
     (project.path / "blocker").write_text("a file, not a folder")
     result = project.runpytest_inprocess("--optcheck", "--optcheck-ledger", "off", "--optcheck-cache-dir",
                                          "blocker/cache", "-W", "always::optcheck.cache.CacheWarning")
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=4)
     out = result.stdout.str()
     assert "optcheck cache directory blocker/cache cannot be written" in out and "runs without a cache" in out
     assert "optcheck cache: off: blocker/cache is not writable" in out
 
 
 def test_a_corrupted_entry_is_rebuilt_with_a_warning_in_the_session(project):
-    project.runpytest_inprocess("--optcheck", "--optcheck-ledger", "off").assert_outcomes(passed=3)
+    project.runpytest_inprocess("--optcheck", "--optcheck-ledger", "off").assert_outcomes(passed=4)
     [entry] = (project.path / ".optcheck" / "cache" / "entries" / "finetuned").iterdir()
     (entry / "modelopt.pth").write_bytes(b"garbage")
     result = project.runpytest_inprocess("--optcheck", "--optcheck-ledger", "off", "-W",
                                          "always::optcheck.cache.CacheWarning")
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=4)
     out = result.stdout.str()
     assert "CacheWarning" in out and "is unusable" in out and "will be rebuilt" in out
     assert "building finetuned" in out and "building baseline" not in out
@@ -88,49 +88,72 @@ def test_a_corrupted_entry_is_rebuilt_with_a_warning_in_the_session(project):
 
 def test_ledger_missing_then_update_then_pass(project):
     result = project.runpytest_inprocess("--optcheck", "-v")
-    result.assert_outcomes(passed=3, failed=3)
+    result.assert_outcomes(passed=4, failed=3)
     result.stdout.fnmatch_lines(["recipes/tiny.toml::ledger[[]baseline[]] FAILED*",
                                  f"[[]tiny.cpu.baseline[]] has no entry in the ledger {LEDGER}: record the "
                                  "current values with `pytest --optcheck --optcheck-update`*"])
     assert not (project.path / LEDGER).exists()
     update = project.runpytest_inprocess("--optcheck", "--optcheck-update")
-    update.assert_outcomes(passed=3, failed=3)  # updating still fails the checks it updated
+    update.assert_outcomes(passed=4, failed=3)  # updating still fails the checks it updated
     update.stdout.fnmatch_lines([f"ledger: wrote 3 entries to {LEDGER} (review the diff and commit it)"])
     text = (project.path / LEDGER).read_text()
     assert "[tiny.cpu.baseline]" in text and "[tiny.cpu.finetuned]" in text
-    project.runpytest_inprocess("--optcheck").assert_outcomes(passed=6)
+    project.runpytest_inprocess("--optcheck").assert_outcomes(passed=7)
     assert (project.path / LEDGER).read_text() == text  # a passing run writes nothing
 
 
 def test_ledger_mismatch_fails_and_known_failure_xfails_then_xpasses_loudly(project):
-    project.runpytest_inprocess("--optcheck", "--optcheck-update-all").assert_outcomes(passed=6)
+    project.runpytest_inprocess("--optcheck", "--optcheck-update-all").assert_outcomes(passed=7)
     path = project.path / LEDGER
     good = path.read_text()
     flops = next(line for line in good.splitlines() if line.startswith("flops = "))
     broken = good.replace(flops, "flops = 123", 1)  # the baseline entry
     path.write_text(broken)
     result = project.runpytest_inprocess("--optcheck")
-    result.assert_outcomes(passed=5, failed=1)
+    result.assert_outcomes(passed=6, failed=1)
     result.stdout.fnmatch_lines([f"[[]tiny.cpu.baseline[]] differs from the ledger {LEDGER}:",
                                  "  flops: * now, 123 in the ledger (*; must match exactly)",
                                  "  if the change is intended, accept it with `pytest --optcheck --optcheck-update`*"])
     path.write_text(broken.replace("[tiny.cpu.baseline]\n", "[tiny.cpu.baseline]\nknown_failure = \"GH-9: refactor moved FLOPs\"\n"))
     result = project.runpytest_inprocess("--optcheck", "-rx")
-    result.assert_outcomes(passed=5, xfailed=1)
+    result.assert_outcomes(passed=6, xfailed=1)
     result.stdout.fnmatch_lines(["XFAIL*ledger[[]baseline[]]*GH-9: refactor moved FLOPs*"])
     path.write_text(good.replace("[tiny.cpu.baseline]\n", "[tiny.cpu.baseline]\nknown_failure = \"GH-9: fixed now\"\n"))
     result = project.runpytest_inprocess("--optcheck")
-    result.assert_outcomes(passed=5, failed=1)
+    result.assert_outcomes(passed=6, failed=1)
     result.stdout.fnmatch_lines(["*XPASS(strict)*GH-9: fixed now*"])
 
 
 def test_update_all_accepts_a_changed_value_and_passes(project):
-    project.runpytest_inprocess("--optcheck", "--optcheck-update-all").assert_outcomes(passed=6)
+    project.runpytest_inprocess("--optcheck", "--optcheck-update-all").assert_outcomes(passed=7)
     path = project.path / LEDGER
     good = path.read_text()
     path.write_text(good.replace("params = ", "params = 1", 1))
-    project.runpytest_inprocess("--optcheck", "--optcheck-update-all").assert_outcomes(passed=6)
+    project.runpytest_inprocess("--optcheck", "--optcheck-update-all").assert_outcomes(passed=7)
     assert path.read_text() == good
+
+
+
+LEDGER_TEXT = """# an accepted ledger, as committed
+[tiny.cpu.baseline]
+test_acc = 0.5
+flops = 1000
+params = 100
+ckpt_bytes = 5000
+accuracy_tolerance = 0.01
+bytes_tolerance = 0.05
+"""
+
+
+def test_with_the_ledger_off_no_ledger_file_is_collected_as_a_recipe(project):
+    project.makeini("[pytest]\noptcheck_ledger = recipes/ci-ledger.toml\nfilterwarnings = ignore::UserWarning\n")
+    for name in ("optcheck-ledger.toml", "ci-ledger.toml"):  # the default name, and the configured path
+        (project.path / "recipes" / name).write_text(LEDGER_TEXT)
+    result = project.runpytest_inprocess("--optcheck", "--optcheck-ledger", "off", "-v")
+    assert result.ret == pytest.ExitCode.OK
+    result.assert_outcomes(passed=4)
+    out = result.stdout.str() + result.stderr.str()
+    assert "ledger.toml" not in out and "invalid optcheck recipe" not in out and "unknown key" not in out
 
 
 @pytest.mark.parametrize("edit, words", [
@@ -138,7 +161,7 @@ def test_update_all_accepts_a_changed_value_and_passes(project):
     (lambda t: t.replace("flops = ", "flops == ", 1), ":*: not valid TOML"),
 ])
 def test_a_broken_ledger_stops_the_session_and_is_not_overwritten(project, edit, words):
-    project.runpytest_inprocess("--optcheck", "--optcheck-update-all").assert_outcomes(passed=6)
+    project.runpytest_inprocess("--optcheck", "--optcheck-update-all").assert_outcomes(passed=7)
     path = project.path / LEDGER
     path.write_text(edit(path.read_text()))
     before = path.read_bytes()
@@ -154,7 +177,7 @@ def test_report_step_summary_plot_and_junit(project, monkeypatch):
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     result = project.runpytest_inprocess("--optcheck", "--optcheck-update-all", "--optcheck-report", "out/report.json",
                                          "--optcheck-plot", "out/plot.png", "--junitxml", "out/junit.xml")
-    result.assert_outcomes(passed=6)
+    result.assert_outcomes(passed=7)
     result.stdout.fnmatch_lines(["report: out/report.json", "step summary: appended*", "plot: out/plot.png"])
     doc = json.loads((project.path / "out" / "report.json").read_text())
     meta = doc["meta"]
@@ -167,9 +190,21 @@ def test_report_step_summary_plot_and_junit(project, monkeypatch):
     assert recipe["verdicts"]["flops_below"]["outcome"] == "passed"
     assert recipe["verdicts"]["flops_below"]["details"]["flops"] == recipe["stages"]["finetuned"]["metrics"]["flops"]
     assert recipe["budgets"]["flops_below"] == "70%" and recipe["ledger"]["baseline"]["updated"] is True
+    assert list(recipe["verdicts"])[:4] == ["baseline_accuracy_at_least", "flops_below", "accuracy_drop_under",
+                                            "restore_roundtrip"]
+    assert recipe["budgets"]["baseline_accuracy_at_least"] == "auto"
+    floor = recipe["verdicts"]["baseline_accuracy_at_least"]["details"]
+    assert floor["chance"] == 0.25 and floor["floor"] == 0.625
+    assert floor["baseline_acc"] == recipe["stages"]["baseline"]["metrics"]["test_acc"]
+    drop = recipe["verdicts"]["accuracy_drop_under"]["details"]
+    assert drop["rule"] == "point" and drop["seeds"] == 1 and drop["test_n"] == 48
+    assert drop["ci_low"] < drop["accuracy_drop"] < drop["ci_high"]
+    assert drop["explain"].endswith("rule point: pass when the observed drop <= 25.00 pp -> pass")
     md = summary.read_text()
     assert md.startswith("earlier steps\n## optcheck")  # appended, never overwritten
     assert "| flops_below | ✅ passed | limit 70% |" in md
+    assert "| baseline_accuracy_at_least | ✅ passed | " in md and "vs floor 62.50% (auto: halfway from chance" in md
+    assert "| accuracy_drop_under | ✅ passed | drop " in md and "-> pass |" in md  # the interval and the rule
     assert "| baseline | " in md and "| fine-tuned | " in md and "| built by main |" in md
     assert "| baseline |" in md and "no entry (written)" in md
     png = (project.path / "out" / "plot.png").read_bytes()
@@ -178,13 +213,16 @@ def test_report_step_summary_plot_and_junit(project, monkeypatch):
     props = {p.get("name"): p.get("value") for case in tree.iter("testcase") if case.get("name") == "flops_below"
              for p in case.iter("property")}
     assert props["optcheck.check"] == "flops_below" and int(props["optcheck.flops"]) > 0
+    props = {p.get("name"): p.get("value") for case in tree.iter("testcase") if case.get("name") == "accuracy_drop_under"
+             for p in case.iter("property")}
+    assert props["optcheck.rule"] == "point" and float(props["optcheck.ci_low"]) < float(props["optcheck.ci_high"])
 
 
 def test_ledger_deltas_in_the_step_summary(project, monkeypatch):
-    project.runpytest_inprocess("--optcheck", "--optcheck-update-all").assert_outcomes(passed=6)
+    project.runpytest_inprocess("--optcheck", "--optcheck-update-all").assert_outcomes(passed=7)
     summary = project.path / "summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    project.runpytest_inprocess("--optcheck").assert_outcomes(passed=6)
+    project.runpytest_inprocess("--optcheck").assert_outcomes(passed=7)
     md = summary.read_text()
     assert "acc ±0.00 pp, FLOPs ±0, params ±0 ✅" in md and "| cache hit |" in md
 
@@ -194,7 +232,7 @@ def test_under_xdist_each_artifact_is_built_once_and_reports_merge(project):
     result = project.runpytest_subprocess("--optcheck", "-n", "2", "--optcheck-update-all",
                                           "--optcheck-report", str(report), "-p", "no:cacheprovider",
                                           timeout=600)
-    result.assert_outcomes(passed=6)
+    result.assert_outcomes(passed=7)
     doc = json.loads(report.read_text())
     [recipe] = doc["recipes"]
     assert doc["meta"]["workers"] == 2
@@ -203,19 +241,19 @@ def test_under_xdist_each_artifact_is_built_once_and_reports_merge(project):
         events = recipe["stages"][stage]["events"]
         assert [e["cache"] for e in events].count("built") == 1, (stage, events)
         assert {e["worker"] for e in events} <= {"gw0", "gw1"}
-    assert len(recipe["verdicts"]) == 6 and all(v["outcome"] == "passed" for v in recipe["verdicts"].values())
+    assert len(recipe["verdicts"]) == 7 and all(v["outcome"] == "passed" for v in recipe["verdicts"].values())
     assert "[tiny.cpu.finetuned]" in (project.path / LEDGER).read_text()  # written once, by the controller
 
 
 def test_the_step_summary_shows_a_failed_check_and_its_ledger_delta(project, monkeypatch):
-    project.runpytest_inprocess("--optcheck", "--optcheck-update-all").assert_outcomes(passed=6)
+    project.runpytest_inprocess("--optcheck", "--optcheck-update-all").assert_outcomes(passed=7)
     path = project.path / LEDGER
     text = path.read_text()
     flops = next(line for line in text.splitlines() if line.startswith("flops = "))
     path.write_text(text.replace(flops, f"flops = {int(flops.split('=')[1]) - 100}", 1))
     summary = project.path / "summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    project.runpytest_inprocess("--optcheck").assert_outcomes(passed=5, failed=1)
+    project.runpytest_inprocess("--optcheck").assert_outcomes(passed=6, failed=1)
     md = summary.read_text()
     assert "| ledger[baseline] | ❌ failed | [tiny.cpu.baseline] differs from the ledger" in md
     assert "FLOPs +100, params ±0 ❌" in md

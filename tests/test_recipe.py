@@ -55,7 +55,7 @@ def test_defaults_and_budget_order(tmp_path):
     recipe = load_recipe(write(tmp_path, BASE))
     assert recipe.train.momentum == 0.9 and recipe.train.weight_decay == 1e-4
     assert recipe.step("finetune").lr_scale == 0.5
-    assert recipe.budgets.active() == ["flops_below", "accuracy_drop_under"]
+    assert recipe.budgets.active() == ["baseline_accuracy_at_least", "flops_below", "accuracy_drop_under"]
 
 
 def error_for(tmp_path, text) -> str:
@@ -152,3 +152,60 @@ def test_non_positive_limits_are_rejected(value):
 def test_relative_limit_needs_reference():
     with pytest.raises(ValueError, match="relative: pass reference"):
         resolve_limit("50%", None, "flops_below")
+
+
+# -- the baseline floor, accuracy rules and seeds ---------------------------------------------------
+
+def test_a_zero_budget_is_the_strictest_budget_not_a_missing_one(tmp_path):
+    only_zero = BASE.replace('flops_below = "50%"\n', "").replace("accuracy_drop_under = 0.01", "accuracy_drop_under = 0.0")
+    recipe = load_recipe(write(tmp_path, only_zero))  # before: 0.0 == False, dropped, "needs a budget"
+    assert recipe.budgets.accuracy_drop_under == 0.0
+    assert recipe.budgets.active() == ["baseline_accuracy_at_least", "accuracy_drop_under"]
+    both = load_recipe(write(tmp_path, BASE.replace("accuracy_drop_under = 0.01", "accuracy_drop_under = 0\n"
+                                                    "pre_finetune_drop_under = 0.0")))
+    assert both.budgets.active() == ["baseline_accuracy_at_least", "flops_below", "accuracy_drop_under",
+                                     "pre_finetune_drop_under"]
+    off = load_recipe(write(tmp_path, BASE + "restore_roundtrip = false\n"))
+    assert "restore_roundtrip" not in off.budgets.active()  # false still switches the round trip off
+
+
+def test_baseline_floor_and_accuracy_rule_defaults(tmp_path):
+    budgets = load_recipe(write(tmp_path, BASE)).budgets
+    assert budgets.baseline_accuracy_at_least == "auto"
+    assert budgets.accuracy_rule == "point" and budgets.confidence == 0.95
+    set_ = load_recipe(write(tmp_path, BASE + 'baseline_accuracy_at_least = 0.9\naccuracy_rule = "assured_under"\n'
+                                              "confidence = 0.9\n")).budgets
+    assert set_.baseline_accuracy_at_least == 0.9 and set_.accuracy_rule == "assured_under"
+
+
+def test_a_recipe_with_only_the_baseline_floor_has_no_budget(tmp_path):
+    text = BASE.replace('flops_below = "50%"\naccuracy_drop_under = 0.01\n', "baseline_accuracy_at_least = 0.9\n")
+    assert "at least one budget under [budgets] that judges the compressed model" in error_for(tmp_path, text)
+
+
+@pytest.mark.parametrize("line, field, needle", [
+    ('accuracy_rule = "nonsense"', "budgets.accuracy_rule", "'point', 'not_significantly_over' or 'assured_under'"),
+    ("baseline_accuracy_at_least = 1.5", "budgets.baseline_accuracy_at_least", "a fraction in (0, 1], or 'auto'"),
+    ('baseline_accuracy_at_least = "high"', "budgets.baseline_accuracy_at_least", "'high' is neither 'auto' nor"),
+    ("baseline_accuracy_at_least = true", "budgets.baseline_accuracy_at_least", "True is neither 'auto' nor"),
+    ("confidence = 1.0", "budgets.confidence", "less than 1"),
+])
+def test_bad_floor_rule_or_confidence(tmp_path, line, field, needle):
+    msg = error_for(tmp_path, BASE + line + "\n")
+    assert "(1 problem)" in msg and f"field '{field}'" in msg and needle in msg
+
+
+def test_seeds(tmp_path):
+    recipe = load_recipe(write(tmp_path, "seeds = [3, 4, 5]\n" + BASE))
+    assert recipe.seeds == [3, 4, 5] and recipe.seed is None
+    assert load_recipe(write(tmp_path, "seed = 3\nseeds = [3, 4]\n" + BASE)).seeds == [3, 4]  # the same first seed
+
+
+@pytest.mark.parametrize("lines, field, needle", [
+    ("seeds = [0, 0]", "<recipe>", "seeds [0, 0] repeat a seed"),
+    ("seed = 1\nseeds = [0, 1]", "<recipe>", "seed = 1 and seeds = [0, 1]: give one of them"),
+    ("seeds = [0]", "seeds", "at least 2 items"),
+])
+def test_bad_seeds(tmp_path, lines, field, needle):
+    msg = error_for(tmp_path, lines + "\n" + BASE)
+    assert f"field '{field}'" in msg and needle in msg
