@@ -30,7 +30,9 @@ Limit = Union[float, str]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no coercion between strings, numbers and booleans (`batch_size = "32"`, `restore_roundtrip
+    # = "off"` and `accuracy_drop_under = "0.2"` are errors, not silently converted values)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class DataConfig(_Strict):
@@ -244,6 +246,9 @@ _FIXES_BY_KEY = {
 }
 
 
+_UNION_MEMBERS = {"bool", "float", "int", "str", "RoundtripBudget", "list[int]", "none"}
+
+
 def _field_name(loc: tuple) -> str:
     parts: list[str] = []
     for p in loc:
@@ -251,6 +256,8 @@ def _field_name(loc: tuple) -> str:
             parts[-1:] = [f"{parts[-1]}[{p}]"] if parts else [f"[{p}]"]
         elif p in ("fastnas", "finetune") and parts and parts[-1].startswith("steps["):
             continue  # pydantic adds the union tag to the path
+        elif p in _UNION_MEMBERS or str(p).startswith(("literal[", "function-")):
+            continue  # and the member of a union (`restore_roundtrip.bool`) that did not match
         else:
             parts.append(str(p))
     return ".".join(parts) or "<recipe>"
@@ -299,10 +306,39 @@ def _problem(err: dict) -> Problem:
             "kind = 'fastnas' | 'finetune'", "set kind to one of the allowed step kinds",
         )
     msg = err["msg"].removeprefix("Value error, ")
-    allowed, fix = _FIXES.get(name, _FIXES_BY_KEY.get(str(loc[-1]) if loc else "", ("", "")))
+    key = next((str(p) for p in reversed(loc) if _field_name((p,)) not in ("", "<recipe>")), "") if loc else ""
+    allowed, fix = _FIXES.get(name, _FIXES_BY_KEY.get(key, ("", "")))
+    if isinstance(given, str) and etype in ("int_type", "float_type", "bool_type", "model_type", "dict_type"):
+        bare = given.strip().lower()
+        plain = bare if bare in ("true", "false") else given.strip()
+        try:
+            float(plain)
+            looks = True
+        except ValueError:
+            looks = bare in ("true", "false")
+        if looks:
+            fix = (f"write it without quotes: {loc_key(name)} = {plain} (TOML has real numbers and booleans; "
+                   f"optcheck never converts a string)")
+        else:
+            msg = f"{msg} (got the string {given!r}; TOML's booleans are true and false, never words like 'off')" \
+                if etype == "bool_type" else msg
     if not fix:
         fix = f"change '{name}' (got {given!r})" if name != "<recipe>" else "see the message above"
     return Problem(name, msg, allowed, fix)
+
+
+def loc_key(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    """One problem per field: a union reports each member that failed (keep the first)."""
+    seen, out = set(), []
+    for p in problems:
+        if p.field not in seen:
+            seen.add(p.field)
+            out.append(p)
+    return out
 
 
 def parse_recipe(raw: dict, path: Path) -> Recipe:
@@ -312,7 +348,7 @@ def parse_recipe(raw: dict, path: Path) -> Recipe:
     try:
         return Recipe.model_validate({**data, "path": path})
     except ValidationError as exc:
-        raise RecipeError(str(path), [_problem(e) for e in exc.errors()]) from None
+        raise RecipeError(str(path), _dedupe([_problem(e) for e in exc.errors()])) from None
 
 
 def load_recipe(path: str | Path) -> Recipe:

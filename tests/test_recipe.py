@@ -209,3 +209,22 @@ def test_seeds(tmp_path):
 def test_bad_seeds(tmp_path, lines, field, needle):
     msg = error_for(tmp_path, lines + "\n" + BASE)
     assert f"field '{field}'" in msg and needle in msg
+
+
+@pytest.mark.parametrize("old, new, field", [
+    ("[data]\n", '[data]\nbatch_size = "32"\n', "data.batch_size"),
+    ("accuracy_drop_under = 0.01", 'accuracy_drop_under = "0.2"', "budgets.accuracy_drop_under"),
+    ("accuracy_drop_under = 0.01", 'accuracy_drop_under = 0.01\nrestore_roundtrip = "off"', "budgets.restore_roundtrip"),
+    ("[data]\n", "[data]\nbatch_size = true\n", "data.batch_size"),
+    ("[data]\n", "seed = 1.0\n[data]\n", "seed"),
+])
+def test_no_coercion_between_strings_numbers_and_booleans(tmp_path, old, new, field):
+    """TOML has real types: a quoted number or a word for a boolean is a mistake to report, never a
+    value to convert (`restore_roundtrip = "off"` used to switch the budget off)."""
+    msg = error_for(tmp_path, BASE.replace(old, new))
+    assert f"field '{field}" in msg
+
+
+def test_integers_are_still_fine_where_a_number_is_expected(tmp_path):
+    recipe = load_recipe(write(tmp_path, BASE.replace("[data]\n", "[train]\nlr = 1\nwarmup_epochs = 0\n[data]\n")))
+    assert recipe.train.lr == 1.0 and isinstance(recipe.train.lr, float)
