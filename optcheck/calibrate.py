@@ -10,15 +10,18 @@ thread count are part of every key). Variants, in this order, until N are taken:
         for kernels in (this CPU's default, ATEN_CPU_CAPABILITY=avx2 + ONEDNN_MAX_CPU_ISA=AVX2):
             for threads in (1, 2):
 
-(on a GPU only the seed varies). Variant 0 is what a plain run of the recipe here builds; its
-values become the ledger's reference, so the usual run matches the entry to the last digit. For
-each stage and metric the entry then gets the observed ``[min, max]`` over all variants and
+(on a GPU only the seed varies). Variant 0 is what a plain run of the recipe here builds. For each
+stage and metric the entry gets the observed ``[min, max]`` over all variants, the middle of that
+range as its value, and
 
-    tolerance = max(floor, MARGIN x largest |variant - reference|)
+    tolerance = max(floor, MARGIN x half the observed range)
 
+so a value passes when it lies in the observed range widened by half its width on each side.
 - ``MARGIN = 2``: with N runs, a new run falls outside the observed range with probability about
-  2 / (N + 1) (for N = 8, 22%): the range alone would cry wolf. Twice the largest deviation keeps a
-  roughly normal spread's exceedance near 1% per metric at N = 8.
+  2 / (N + 1) (for N = 8, 22%): the range alone would cry wolf. Widening it by half its width on
+  each side keeps a roughly normal spread's exceedance near 1% per metric at N = 8.
+- the middle, not variant 0, is the reference: a plain run here can sit at one end of the range,
+  and centring on it would double the tolerance the same coverage needs.
 - floors: test accuracy ``2 / n_test`` (two test images: the resolution of the metric; a single
   borderline image flips between numerics paths even when nothing else moves), and 1% for FLOPs,
   params and checkpoint bytes of a searched stage (one channel group more in one layer).
@@ -92,9 +95,11 @@ class Derived:
 
 
 def derive(metric: str, values: list[float], *, exact: bool, test_n: int) -> Derived:
-    """Reference (variant 0), tolerance and observed range of one metric over the variants."""
-    ref = values[0]
+    """Reference (the middle of the observed range), tolerance and observed range of one metric."""
     lo, hi = min(values), max(values)
+    ref = (lo + hi) / 2
+    if metric != "test_acc":
+        ref = float(round(ref))
     dev = max(abs(v - ref) for v in values)
     if metric == "test_acc":
         tol = max(ACC_FLOOR_IMAGES / max(test_n, 1), MARGIN * dev)
@@ -137,7 +142,7 @@ class Calibration:
 
 def calibration_entries(recipe: str, platform: str, runs: list[dict[str, Any]], stages: list[str],
                         exact: Callable[[str], bool], when: str | None = None) -> Calibration:
-    """Turn the variants' metrics into ledger entries (values of variant 0, tolerances, ranges)."""
+    """Turn the variants' metrics into ledger entries (middle of the range, tolerances, ranges)."""
     when = when or datetime.date.today().isoformat()
     cal = Calibration(recipe, platform, runs)
     labels = [r["variant"] for r in runs]
@@ -145,9 +150,9 @@ def calibration_entries(recipe: str, platform: str, runs: list[dict[str, Any]], 
     kernels = sorted({v["kernels"] for v in labels})
     threads = sorted({v["threads"] for v in labels})
     text = (f"{len(runs)} runs on {when}: seeds {', '.join(map(str, seeds))} x kernels {'/'.join(kernels)} "
-            f"x threads {'/'.join(map(str, threads))}; tolerance = max(floor, {MARGIN:g} x largest "
-            f"deviation from the first run); floors: {ACC_FLOOR_IMAGES} test images, {REL_FLOOR:.0%} "
-            f"FLOPs/params/bytes")
+            f"x threads {'/'.join(map(str, threads))}; value = middle of the observed range, tolerance = "
+            f"max(floor, {MARGIN:g} x half the range); floors: {ACC_FLOOR_IMAGES} test images, "
+            f"{REL_FLOOR:.0%} FLOPs/params/bytes")
     for stage in stages:
         ms = [r["stages"][stage] for r in runs if stage in r["stages"]]
         if len(ms) != len(runs):
@@ -177,9 +182,29 @@ def calibration_entries(recipe: str, platform: str, runs: list[dict[str, Any]], 
 
 def run_variants(recipe_path: Path, variants_: list[Variant], *, device: str, cache_dir: Path | None,
                  jobs: int, log: Callable[[str], None], rootdir: Path) -> list[dict[str, Any]]:
-    """Build the recipe once per variant, each in its own subprocess; results in variant order."""
+    """Build the recipe once per variant, each in its own subprocess; results in variant order.
+
+    ``jobs`` is the number of cores to fill: a variant holds as many of them as it has threads, so
+    two 1-thread variants share 2 cores but a 2-thread one runs alone. (Oversubscribed OpenMP
+    threads spin: a 2-thread build beside another build took 4x longer here.)
+    """
+    import threading
+
+    cores = threading.Semaphore(max(1, jobs))
+    turn = threading.Lock()  # take a variant's cores all at once, so two big ones cannot deadlock
 
     def one(v: Variant) -> dict[str, Any]:
+        need = min(v.threads, max(1, jobs))
+        with turn:
+            for _ in range(need):
+                cores.acquire()
+        try:
+            return _one(v)
+        finally:
+            for _ in range(need):
+                cores.release()
+
+    def _one(v: Variant) -> dict[str, Any]:
         cmd = [sys.executable, "-m", "optcheck.calibrate", str(recipe_path), "--seed", str(v.seed),
                "--threads", str(v.threads), "--device", device]
         if cache_dir is not None:
