@@ -83,3 +83,62 @@ def test_the_compressed_model_meets_the_recipes_numbers(jobs):
     assert base["test_n"] == 360 and base["test_acc"] >= 0.95
     assert final["flops"] <= 0.5 * base["flops"]
     assert final["test_acc"] - base["test_acc"] >= -0.01
+
+
+# -- trustworthy verdicts: no false alarm on other numerics, real drift still caught ------------------
+
+NUMERICS_VARIANTS = {
+    # the kernels torch and oneDNN pick on a CPU without AVX-512 (GitHub's runners vary)
+    "avx2-kernels": ({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}, []),
+    # two torch threads: reductions split differently
+    "two-threads": ({}, ["--optcheck-threads", "2"]),
+}
+
+
+@pytest.mark.slow
+def test_the_committed_ledger_holds_under_other_numerics_paths(tmp_path):
+    """The README's main command (serial here, each variant cold in its own cache) exits 0 against
+    the committed ledger under the other CPU kernel path and under another thread count."""
+    import os
+
+    procs = {}
+    for name, (env, extra) in NUMERICS_VARIANTS.items():
+        base = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+        args = [a for a in readme_pytest_args() if a not in ("-n", "auto")]
+        cmd = [sys.executable, "-m", "pytest", *args, "-p", "no:cacheprovider", *extra,
+               "--optcheck-cache-dir", str(tmp_path / f"cache-{name}"), "--basetemp", str(tmp_path / f"{name}-tmp"),
+               "--optcheck-report", str(tmp_path / f"{name}.json"), "--optcheck-plot", str(tmp_path / f"{name}.png")]
+        procs[name] = subprocess.Popen(cmd, cwd=ROOT, env={**base, **env}, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True)
+    for name, proc in procs.items():  # both at once: one core each
+        out, _ = proc.communicate(timeout=1800)
+        assert proc.returncode == 0, f"{name}:\n{out[-6000:]}"
+        ledger = digits(json.loads((tmp_path / f"{name}.json").read_text()))["ledger"]
+        assert set(ledger) == {"baseline", "pruned", "finetuned"} and not any(c["mismatches"] for c in ledger.values())
+
+
+@pytest.mark.slow
+def test_the_ledger_still_catches_real_drift(jobs, tmp_path):
+    """The FastNAS target edited from 50% to 35%: every budget still passes (the model is smaller),
+    but the pruned stage has drifted from what the ledger accepted, and its check names FLOPs."""
+    args = jobs[0][0].args  # the main job's cache: the baseline is reused, the search and fine-tune rebuild
+    cache = Path(args[args.index("--optcheck-cache-dir") + 1])
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    text = (ROOT / RECIPE).read_text()
+    assert 'flops = "50%"' in text
+    (recipes / Path(RECIPE).name).write_text(text.replace('flops = "50%"', 'flops = "35%"'))
+    report = tmp_path / "drift.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--optcheck", str(recipes), "--optcheck-recipes", str(recipes),
+         "--optcheck-ledger", str(ROOT / "recipes" / "optcheck-ledger.toml"), "--optcheck-cache-dir", str(cache),
+         "--optcheck-report", str(report), "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "t"), "-v"],
+        cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 1, proc.stdout[-4000:]
+    verdicts = next(iter(json.loads(report.read_text())["recipes"]))["verdicts"]
+    budgets = {c: v["outcome"] for c, v in verdicts.items() if not c.startswith("ledger")}
+    assert set(budgets.values()) == {"passed"}, budgets  # a smaller model meets every budget ...
+    assert verdicts["ledger[baseline]"]["outcome"] == "passed"  # ... on the same baseline ...
+    pruned = verdicts["ledger[pruned]"]
+    assert pruned["outcome"] == "failed" and "flops:" in pruned["message"]  # ... yet it drifted
+    assert "calibration saw" in pruned["message"] and "ledger written on:" in pruned["message"]
