@@ -61,7 +61,11 @@ class _CheckItem(pytest.Item):
         self.check = check
         self.run = run
         # reports (and xdist) carry these to the process that writes the summary and JUnit XML
-        self.user_properties.append(("optcheck.recipe", self.nodeid.split("::")[0]))
+        # the same key the session files the recipe's stages under (a path relative to the rootdir,
+        # absolute outside it): a node id would differ for a recipe outside the rootdir
+        from .session import get_state
+
+        self.user_properties.append(("optcheck.recipe", get_state(self.config).relpath(self.path)))
         self.user_properties.append(("optcheck.check", check))
 
     def repr_failure(self, excinfo, style=None):
