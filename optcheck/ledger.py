@@ -19,8 +19,10 @@ improvement is a mismatch too, so the reference moves on purpose). Exact (tolera
 exactness holds on any machine: the FLOPs and params of a stage whose architecture the recipe alone
 decides (the baseline). ``observed`` is the calibration's range, ``written_by`` the numerics
 fingerprint (``numerics.py``) of the run that wrote the values; both appear in a failure message.
-Entries written before calibration existed (``accuracy_tolerance`` / ``bytes_tolerance``, exact
-FLOPs and params) still load and judge as they did. Times are never gated.
+Entries written before calibration existed (``accuracy_tolerance`` / ``bytes_tolerance``) still
+load; their FLOPs and params are judged with the recipe's ``[ledger]`` defaults (exact only for a
+fixed-architecture stage, ``architecture_tolerance`` for a searched one), because exactness there was
+the false alarm this format caused. Times are never gated.
 
 Reading validates everything and names the line of any problem (``LedgerError``). Writing happens
 once per session, in one process (the xdist controller), after every check has run: values change in
@@ -385,7 +387,8 @@ def judge(ledger: Ledger, recipe, platform: str, stage: str, measured: dict[str,
     if not mismatches:
         return Judgement(reference=entry)
     lines = [f"{name} differs from the ledger {ledger.display}:", *(f"  {m.render()}" for m in mismatches)]
-    lines.append(f"  calibrated: {entry.get('calibration', 'no (exact FLOPs and params, default tolerances)')}")
+    uncalibrated = "no (the recipe's [ledger] default tolerances)"
+    lines.append(f"  calibrated: {entry.get('calibration', uncalibrated)}")
     written = entry.get("written_by")
     lines.append(f"  ledger written on: {describe(written)}")
     lines.append(f"  this run:          {describe(fingerprint)}")
