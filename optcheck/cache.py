@@ -276,8 +276,9 @@ class ArtifactCache:
                         f"(now {self.lock_timeout:g} s)") from None
                 self.log(f"waiting {waited:.0f} s for {holder} to finish {what}")
         try:
-            owner.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what,
-                                         "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+            with contextlib.suppress(OSError):  # informational only: a full disk must not stop the build
+                owner.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what,
+                                             "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
             yield
         finally:
             with contextlib.suppress(OSError):

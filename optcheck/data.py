@@ -82,6 +82,7 @@ def _split_indices(labels: np.ndarray, cfg: DataConfig, seed: int, with_test: bo
     """Stratified, seeded index split into (train, val, test)."""
     from sklearn.model_selection import train_test_split
 
+    check_split_sizes(labels, cfg, with_test)
     idx = np.arange(len(labels))
     test = np.array([], dtype=int)
     if with_test:
@@ -91,6 +92,34 @@ def _split_indices(labels: np.ndarray, cfg: DataConfig, seed: int, with_test: bo
     train, val = train_test_split(idx, test_size=val_size, stratify=labels[idx],
                                   random_state=seed + 1)
     return np.sort(train), np.sort(val), np.sort(test)
+
+
+def check_split_sizes(labels: np.ndarray, cfg: DataConfig, with_test: bool, path: str = "<recipe>") -> None:
+    """A stratified split puts every class in every split: each split needs at least one sample per
+    class, and each class one sample per split. Checked here, named by field, instead of scikit-learn's
+    ValueError from deep inside ``train_test_split``."""
+    import math
+
+    n = len(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    k = len(classes)
+    parts = [("val_fraction", cfg.val_fraction)] + ([("test_fraction", cfg.test_fraction)] if with_test else [])
+    for field, fraction in parts:
+        size = math.ceil(fraction * n)
+        if size < k:
+            need = k / n
+            raise RecipeError(path, [Problem(
+                f"data.{field}", f"{field} = {fraction} gives {size} of {n} samples to a split that a stratified "
+                f"split must give one sample of each of {k} classes",
+                f">= {math.ceil(need * 1000) / 1000} for this dataset",
+                f"raise data.{field} to at least {math.ceil(need * 1000) / 1000}, or use a dataset with more samples")])
+    need = 1 + len(parts)
+    if counts.min() < need:
+        rare = [int(c) for c, m in zip(classes, counts) if m < need][:5]
+        raise RecipeError(path, [Problem(
+            "data.dataset", f"classes {rare} have fewer than {need} samples: a stratified split needs one of each "
+            f"class in train, val{' and test' if with_test else ''}",
+            fix="give every class more samples (data.options, or the dataset), or drop the rare classes")])
 
 
 def _limit(indices: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
@@ -205,15 +234,46 @@ def load_factory(spec: str, field: str, path: str) -> Any:
 
 
 def from_factory(cfg: DataConfig, seed: int, path: str = "<recipe>") -> DataBundle:
-    made = load_factory(cfg.dataset, "data.dataset", path)(seed=seed, **cfg.options)
+    import inspect
+
+    factory = load_factory(cfg.dataset, "data.dataset", path)
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = None
+    if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        allowed = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        if "seed" not in allowed:
+            raise RecipeError(path, [Problem("data.dataset", f"{cfg.dataset} takes no 'seed' argument: optcheck "
+                                             "calls it as factory(seed=..., **data.options)",
+                                             fix="add a seed parameter (and use it for any randomness)")])
+        for key in cfg.options:
+            if key not in allowed:
+                raise RecipeError(path, [Problem(f"data.options.{key}", f"{cfg.dataset} takes no argument {key!r}",
+                                                 ", ".join(a for a in allowed if a != "seed") or "no options",
+                                                 "remove it from data.options")])
+    made = factory(seed=seed, **cfg.options)
     if isinstance(made, DataBundle):
         return made
-    if isinstance(made, dict):
+    if isinstance(made, dict) and {"train", "val", "test"} <= set(made):
         train, val, test = made["train"], made["val"], made["test"]
         num_classes = made.get("num_classes")
-    else:
+    elif isinstance(made, (tuple, list)) and len(made) == 3:
         train, val, test = made
         num_classes = None
+    else:
+        raise RecipeError(path, [Problem("data.dataset", f"{cfg.dataset} returned {type(made).__name__}"
+                                         f"{' with keys ' + str(sorted(made)) if isinstance(made, dict) else ''}",
+                                         "a dict with 'train', 'val', 'test' (and optionally 'num_classes'), or a "
+                                         "3-tuple of datasets", "return the three splits")])
+    for split, ds in (("train", train), ("val", val), ("test", test)):
+        if not hasattr(ds, "__len__") or not hasattr(ds, "__getitem__"):
+            raise RecipeError(path, [Problem("data.dataset", f"the {split} split from {cfg.dataset} is a "
+                                             f"{type(ds).__name__}, not a map-style dataset",
+                                             fix="return torch.utils.data.Dataset objects (len and indexing)")])
+    if len(train) == 0:
+        raise RecipeError(path, [Problem("data.dataset", f"the train split from {cfg.dataset} is empty",
+                                         fix="return a non-empty train split")])
     if num_classes is None:
         num_classes = 1 + max(int(train[i][1]) for i in range(len(train)))
     return DataBundle(cfg.dataset, train, val, test, int(num_classes), tuple(train[0][0].shape))

@@ -104,7 +104,39 @@ def _torchvision(name: str, num_classes: int, options: dict, path: str) -> nn.Mo
         raise RecipeError(path, [Problem("model.name", f"torchvision has no classification model {name!r}",
                                          "any name from torchvision.models.list_models(module=torchvision.models)",
                                          f"did you mean {', '.join(near)}?" if near else "pick a listed name")])
-    return tvm.get_model(name, weights=None, num_classes=num_classes, **options)
+    for key in ("weights", "num_classes"):
+        if key in options:
+            raise RecipeError(path, [Problem(f"model.options.{key}", f"optcheck sets {key} itself (untrained "
+                                             "weights; the data's class count)", fix=f"remove {key} from model.options")])
+    try:
+        return tvm.get_model(name, weights=None, num_classes=num_classes, **options)
+    except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        raise RecipeError(path, [Problem("model.options", f"torchvision's {name} rejects an option: {exc}",
+                                         fix="remove it from model.options (see torchvision's docs for the "
+                                             "model's arguments)")]) from None
+
+
+def check_options(fn, options: dict, reserved: tuple[str, ...], path: str, what: str) -> None:
+    """``model.options`` must be keyword arguments ``fn`` takes (and not the ones optcheck passes)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return
+    taken = [k for k in options if k in reserved]
+    if taken:
+        raise RecipeError(path, [Problem(f"model.options.{taken[0]}", f"optcheck sets {taken[0]} itself (from the data)",
+                                         fix=f"remove {taken[0]} from model.options")])
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in reserved]
+    for key in options:
+        if key not in allowed:
+            near = difflib.get_close_matches(key, allowed, n=1)
+            raise RecipeError(path, [Problem(
+                f"model.options.{key}", f"{what} takes no argument {key!r}", ", ".join(allowed) or "no options",
+                f"did you mean {near[0]!r}?" if near else "remove it from model.options")])
 
 
 def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3, *, seed: int = 0,
@@ -112,14 +144,17 @@ def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3, *, see
     """Build a freshly initialised model; the same ``seed`` gives the same weights."""
     torch.manual_seed(seed)
     if cfg.name == "resnet20":
+        check_options(resnet20, cfg.options, ("num_classes", "in_channels"), path, "resnet20")
         return resnet20(num_classes, in_channels, **cfg.options)
     if cfg.name == "small_cnn":
+        check_options(SmallCNN.__init__, cfg.options, ("self", "num_classes", "in_channels"), path, "small_cnn")
         return SmallCNN(num_classes, in_channels, **cfg.options)
     if cfg.name.startswith("torchvision:"):
         return _torchvision(cfg.name.split(":", 1)[1], num_classes, cfg.options, path)
     from .data import load_factory
 
     factory = load_factory(cfg.name, "model.name", path)
+    check_options(factory, cfg.options, (), path, cfg.name)
     kwargs = dict(cfg.options)
     params = inspect.signature(factory).parameters
     if "num_classes" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):

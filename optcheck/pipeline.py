@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import Problem, RecipeError
+from .errors import OptcheckError, Problem, RecipeError, StepError, summarize_exception
 from .recipe import FastNASStep, Recipe
 
 STAGES = ("baseline", "pruned", "restored", "finetuned")
@@ -25,7 +25,7 @@ _NEEDS = {"pruned": "baseline", "restored": "pruned", "finetuned": "restored"}
 FIXED_ARCHITECTURE = ("baseline",)
 
 
-class StageFailed(Exception):
+class StageFailed(OptcheckError):
     """A stage this one depends on raised earlier in the session."""
 
 
@@ -67,10 +67,36 @@ class RecipeRun:
 
                 torch.set_num_threads(self.threads)  # numerics depend on it: it is part of the cache key
             base = self.recipe.path.parent if self.recipe.path else None
-            data = build_data(self.recipe.data, self.seed, base, self.path)
+            with self._boundary("loading the data (data.dataset)", fix="check the [data] table; if the "
+                                "error is raised in your dataset factory, fix it there"):
+                data = build_data(self.recipe.data, self.seed, base, self.path)
             self._ctx = Context(self.recipe, data, resolve_device(self.device_name), self.seed,
                                 self._workdir(), self.log)
         return self._ctx
+
+    @contextlib.contextmanager
+    def _boundary(self, where: str, fix: str):
+        """Turn anything but optcheck's own errors into one ``StepError`` naming the recipe and ``where``."""
+        try:
+            yield
+        except RecipeError as exc:
+            if exc.path in ("<recipe>", "", None):
+                exc.path = self.path
+            raise
+        except (OptcheckError, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            cause, origin = summarize_exception(exc)
+            raise StepError(self.path, where, cause, _fix_for(exc, fix, self), origin) from exc
+
+    def step_label(self, stage: str) -> str:
+        """What builds ``stage``, as a recipe author reads it: "steps[0] (fastnas)"."""
+        kind = {"pruned": "fastnas", "restored": "fastnas", "finetuned": "finetune"}.get(stage)
+        if kind is None:
+            return "the baseline's training ([model], [train])"
+        index = next(i for i, s in enumerate(self.recipe.steps) if s.kind == kind)
+        what = "mto.restore of " if stage == "restored" else ""
+        return f"{what}steps[{index}] (kind = {kind!r})"
 
     @property
     def has_ctx(self) -> bool:
@@ -100,11 +126,23 @@ class RecipeRun:
         """
         if self._preflight_done:
             return
+        from .checks import check_budgets_can_fail, check_data, check_forward, search_space_errors
+
         ctx = self.ctx
-        ctx.make_model()
+        check_data(ctx, self.path)
+        with self._boundary("building the model (model.name, model.options)",
+                            fix="check [model]; if the error is raised in your model factory, fix it there"):
+            model = ctx.make_model()
+        check_forward(ctx, model, self.path)
         step = self.recipe.step("fastnas")
         if step is not None:
-            self.bounds = check_fastnas_target(ctx, step, self.path, self._cached_bounds(step))
+            index = next(i for i, s in enumerate(self.recipe.steps) if s.kind == "fastnas")
+            with self._boundary(f"converting the model to the FastNAS search space (steps[{index}])",
+                                fix=f"check steps[{index}]'s divisors and that the model is a plain CNN "
+                                    "that Model Optimizer can trace"):
+                with search_space_errors(ctx, step, index, self.path):
+                    self.bounds = check_fastnas_target(ctx, step, self.path, self._cached_bounds(step))
+            check_budgets_can_fail(self.recipe, self.bounds, self.path)
         self._preflight_done = True
 
     def _cached_bounds(self, step: FastNASStep) -> dict[str, float]:
@@ -117,9 +155,27 @@ class RecipeRun:
             return entry.meta["bounds"]
         bounds = search_space_bounds(self.ctx, step)
         with self._cache_work():
-            self.cache.store("bounds", key, {}, {"bounds": bounds, "recipe": self.recipe.name,
-                                                 "key_material": self.keys["bounds"]})
+            self._store("bounds", key, {}, {"bounds": bounds, "recipe": self.recipe.name,
+                                            "key_material": self.keys["bounds"]})
         return bounds
+
+    def _store(self, stage: str, key: str, files: dict, meta: dict) -> bool:
+        """Store a cache entry; when the disk is full (or the cache unwritable) keep the built artifact,
+        which this session goes on using, and say what could not be cached. Returns whether it was."""
+        import warnings
+
+        from .cache import CacheWarning
+
+        try:
+            self.cache.store(stage, key, files, meta)
+            return True
+        except OSError as exc:
+            message = (f"{self.recipe.name}: the {stage} was built but could not be cached ({exc.strerror or exc}; "
+                       f"cache dir {self.cache.root}): this session uses it from memory, the next one rebuilds "
+                       "it. Free disk space to cache it.")
+            self.log(message)
+            warnings.warn(CacheWarning(message), stacklevel=2)
+            return False
 
     @contextlib.contextmanager
     def _cache_work(self):
@@ -150,8 +206,11 @@ class RecipeRun:
         if stage in self.artifacts:
             return self.artifacts[stage]
         if stage in self._errors:
-            raise StageFailed(f"stage '{stage}' of {self.path} failed earlier in this session: "
-                              f"{type(self._errors[stage]).__name__}: {self._errors[stage]}") from self._errors[stage]
+            first = self._errors[stage]
+            cause = first.cause if isinstance(first, StepError) else f"{type(first).__name__}: " + (
+                str(first).splitlines() or [""])[0]
+            raise StageFailed(f"stage '{stage}' of {self.path} failed earlier in this session (the first check "
+                              f"that needed it shows the whole error): {cause}") from first
         parent = self.artifact(_NEEDS[stage]) if stage in _NEEDS else None
         try:
             self.artifacts[stage] = self._obtain(stage, parent)
@@ -187,9 +246,9 @@ class RecipeRun:
                     artifact = self._build(stage, parent)
                     with self._cache_work():
                         meta = {**stages.entry_meta(artifact), "recipe": self.recipe.name, "key_material": material}
-                        self.cache.store(stage, key, artifact.files, meta)
-                    self.events[stage] = {"cache": "built", "key": key, "seconds": time.perf_counter() - start,
-                                          "waited": waited}
+                        stored = self._store(stage, key, artifact.files, meta)
+                    self.events[stage] = {"cache": "built" if stored else "built (not cached)", "key": key,
+                                          "seconds": time.perf_counter() - start, "waited": waited}
                     return artifact
                 outcome = "hit (built by another process)"
         self.log(f"{self.recipe.name}: {stage} from cache ({self.cache.show(entry.path)})")
@@ -208,13 +267,29 @@ class RecipeRun:
         self.preflight()
         ctx = self.ctx
         self.log(f"{self.recipe.name}: building {stage}")
-        if stage == "baseline":
-            return stages.train_baseline(ctx)
-        if stage == "pruned":
-            return stages.fastnas_prune(ctx, parent, self.recipe.step("fastnas"))
-        if stage == "restored":
-            return stages.restore(ctx, parent)
-        return stages.finetune(ctx, parent, self.recipe.step("finetune"))
+        with self._boundary(f"stage '{stage}', built by {self.step_label(stage)}",
+                            fix="see the cause; if it is raised in your own code (model, dataset), fix it "
+                                "there, else run with --fulltrace and report it with that output"):
+            if stage == "baseline":
+                return stages.train_baseline(ctx)
+            if stage == "pruned":
+                return stages.fastnas_prune(ctx, parent, self.recipe.step("fastnas"), self.path)
+            if stage == "restored":
+                return stages.restore(ctx, parent)
+            return stages.finetune(ctx, parent, self.recipe.step("finetune"))
+
+
+def _fix_for(exc: BaseException, fix: str, run: "RecipeRun") -> str:
+    """A more specific fix for failures whose cause is the machine, not the recipe."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        where = run._ctx.workdir if run._ctx is not None else "the working directory"
+        return (f"the disk is full: free space where optcheck writes ({where}, pytest's --basetemp, and the "
+                f"cache dir); models already built stay in the cache")
+    if isinstance(exc, MemoryError):
+        return "out of memory: lower data.batch_size / data.eval_batch_size, or use a smaller model"
+    return fix
 
 
 def stages_of(recipe: Recipe) -> list[str]:

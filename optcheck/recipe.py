@@ -11,9 +11,10 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import Problem, RecipeError
-from .limits import check_limit
+from .limits import check_limit, parse_percent
 
 DATASETS = ("digits", "cifar10", "synthetic")
+DATASET_OPTIONS = {"digits": ("image_size",), "cifar10": (), "synthetic": ("samples", "classes", "image_size", "noise")}
 MODELS = ("resnet20", "small_cnn")
 FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 TORCHVISION = re.compile(r"^torchvision:[A-Za-z_]\w*$")
@@ -27,6 +28,16 @@ BUDGETS = (
 )
 
 Limit = Union[float, str]
+
+# scikit-learn's random_state takes [0, 2**32 - 1] and the val split uses seed + 1
+SEED_MAX = 2**32 - 2
+# file-safe: a recipe's name becomes part of folder names (working files, cache entries, reports)
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Below 40 test samples no accuracy verdict means much: even a candidate whose predictions equal the
+# baseline's on every sample (no discordant pair) gets a 95% paired interval (Newcombe) of the drop of
+# +-8.4 pp at n = 40, +-11.0 pp at n = 30, +-27.8 pp at n = 10, +-79.3 pp at n = 1 (``stats``).
+MIN_TEST_SAMPLES = 40
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 
 
 class _Strict(BaseModel):
@@ -42,7 +53,7 @@ class DataConfig(_Strict):
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
     train_limit: int | None = Field(None, gt=0)
     test_limit: int | None = Field(None, gt=0)
-    batch_size: int = Field(128, gt=0)
+    batch_size: int = Field(128, ge=2, description="BatchNorm in training mode needs 2 samples per batch")
     eval_batch_size: int = Field(512, gt=0)
     num_workers: int = Field(0, ge=0)
     augment: list[Literal["hflip", "crop"]] = ["hflip", "crop"]
@@ -54,6 +65,25 @@ class DataConfig(_Strict):
         if v in DATASETS or FACTORY.match(v):
             return v
         raise ValueError(f"unknown dataset {v!r}")
+
+    @model_validator(mode="after")
+    def _known_options(self) -> "DataConfig":
+        allowed = DATASET_OPTIONS.get(self.dataset)
+        if allowed is None:
+            return self  # a factory: its signature is checked when it is called
+        unknown = sorted(set(self.options) - set(allowed))
+        if unknown:
+            near = {u: difflib.get_close_matches(u, allowed, n=1) for u in unknown}
+            hints = "; ".join(f"{u!r}: did you mean {n[0]!r}?" for u, n in near.items() if n)
+            raise ValueError(f"@options: dataset {self.dataset!r} takes no option {', '.join(map(repr, unknown))} "
+                             f"(it takes: {', '.join(allowed) or 'none'}) || fix: "
+                             f"{hints or 'remove it from data.options'}")
+        for key in ("image_size", "samples", "classes"):
+            value = self.options.get(key)
+            if key in allowed and value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 2):
+                raise ValueError(f"@options.{key}: must be an integer >= 2 (got {value!r}) || fix: "
+                                 f"write e.g. {key} = 16")
+        return self
 
 
 class ModelConfig(_Strict):
@@ -137,13 +167,20 @@ class Budgets(_Strict):
         "for any budget relative to it to mean anything")
     flops_below: Limit | None = None
     params_below: Limit | None = None
-    accuracy_drop_under: float | None = Field(None, ge=0, le=1)
-    pre_finetune_drop_under: float | None = Field(None, ge=0, le=1)
+    accuracy_drop_under: float | None = Field(None, ge=0, lt=1, description="a drop of 1 (100 pp) cannot be exceeded")
+    pre_finetune_drop_under: float | None = Field(None, ge=0, lt=1)
     restore_roundtrip: bool | RoundtripBudget | None = None
     accuracy_rule: Literal["point", "not_significantly_over", "assured_under"] = Field(
         "point", description="how accuracy budgets use the paired interval of the drop: the observed "
         "drop (point); fail only when the whole interval is over the limit; pass only when it is under")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="confidence level of the accuracy intervals")
+    min_test_samples: int = Field(
+        MIN_TEST_SAMPLES, ge=1, description="the fewest test samples a verdict may rest on (the test split "
+        "is checked before anything trains); below 40 even identical predictions leave a 95% interval of "
+        "the drop wider than +-10 pp")
+    report_only: list[Literal["flops_below", "params_below", "accuracy_drop_under", "pre_finetune_drop_under"]] = Field(
+        [], description="budgets that are measured and reported but never fail the run (a breach is a "
+        "warning); only these may take a limit that cannot fail, such as flops_below = '100%'")
 
     @field_validator("flops_below", "params_below", mode="before")
     @classmethod
@@ -161,6 +198,20 @@ class Budgets(_Strict):
         if not 0 < v <= 1:
             raise ValueError(f"{v!r} is not a fraction in (0, 1]: 0.9 means 90% test accuracy")
         return v
+
+    @model_validator(mode="after")
+    def _can_fail(self) -> "Budgets":
+        for name in ("flops_below", "params_below"):
+            limit = getattr(self, name)
+            if isinstance(limit, str) and parse_percent(limit) == 1.0 and name not in self.report_only:
+                raise ValueError(f"@{name}: {name} = {limit!r} can never fail (no compressed model is larger than "
+                                 f"its baseline) || fix: set a limit under 100%, or list it in report_only = "
+                                 f"[\"{name}\"] to measure it without judging")
+        off = [n for n in self.report_only if getattr(self, n) is None]
+        if off:
+            raise ValueError(f"@report_only: report_only lists {off} but the recipe sets no such budget || fix: remove it from "
+                             f"report_only, or set the budget")
+        return self
 
     def active(self) -> list[str]:
         """Budget names in declaration order of the schema; ``restore_roundtrip = false`` is off."""
@@ -181,8 +232,8 @@ class LedgerDefaults(_Strict):
 class Recipe(_Strict):
     name: str
     description: str = ""
-    seed: int | None = None
-    seeds: list[int] | None = Field(None, min_length=2, description="judge accuracy budgets on the mean "
+    seed: Seed | None = None
+    seeds: list[Seed] | None = Field(None, min_length=2, description="judge accuracy budgets on the mean "
                                     "drop over these seeds (each a cached build); the first is the seed of "
                                     "every other check")
     data: DataConfig = DataConfig()
@@ -193,8 +244,22 @@ class Recipe(_Strict):
     ledger: LedgerDefaults = LedgerDefaults()
     path: Path | None = Field(None, exclude=True)
 
+    @field_validator("name")
+    @classmethod
+    def _file_safe(cls, v: str) -> str:
+        if NAME.match(v) and len(v) <= 100:
+            return v
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "-", v).strip("-.")[:100] or "recipe"
+        raise ValueError(f"name {v!r} is not file-safe (it names folders and cache entries; without a name "
+                         f"key it is the file's name); e.g. name = {safe!r}, or rename the file")
+
     @model_validator(mode="after")
     def _coherent(self) -> "Recipe":
+        if self.data.test_limit is not None and self.data.test_limit < self.budgets.min_test_samples:
+            raise ValueError(
+                f"@data.test_limit: data.test_limit = {self.data.test_limit} is below budgets.min_test_samples = "
+                f"{self.budgets.min_test_samples}: a verdict on so few test samples means little (a 95% "
+                f"interval of +-10 pp or wider) || fix: raise test_limit, or lower min_test_samples knowingly")
         if self.seeds is not None:
             if len(set(self.seeds)) != len(self.seeds):
                 raise ValueError(f"seeds {self.seeds} repeat a seed: each seed is one independent build")
@@ -234,8 +299,13 @@ _FIXES = {
 
 
 _LIMIT_HELP = ("a positive number, or 'N%' of the baseline with 0 < N <= 100", "")
-_FRACTION_HELP = ("a fraction in [0, 1]: 0.02 means 2 percentage points", "")
+_FRACTION_HELP = ("a fraction in [0, 1): 0.02 means 2 percentage points; 0 allows no drop at all", "")
+_SEED_HELP = (f"an integer in [0, {SEED_MAX}] (scikit-learn's random_state range; the val split uses seed + 1)", "")
 _FIXES_BY_KEY = {
+    "seed": _SEED_HELP,
+    "seeds": _SEED_HELP,
+    "name": ("letters, digits, '.', '_' and '-', starting with a letter or digit, at most 100", ""),
+    "batch_size": ("an integer >= 2 (BatchNorm in training mode needs two samples per batch)", ""),
     "flops": _LIMIT_HELP,
     "params": _LIMIT_HELP,
     "flops_below": _LIMIT_HELP,
@@ -306,7 +376,13 @@ def _problem(err: dict) -> Problem:
             "kind = 'fastnas' | 'finetune'", "set kind to one of the allowed step kinds",
         )
     msg = err["msg"].removeprefix("Value error, ")
-    key = next((str(p) for p in reversed(loc) if _field_name((p,)) not in ("", "<recipe>")), "") if loc else ""
+    if msg.startswith("@"):  # a model-level check names its field: "@data.test_limit: ..."
+        sub, _, msg = msg[1:].partition(": ")
+        name = f"{name}.{sub}" if name != "<recipe>" else sub
+        msg, _, fix = msg.partition(" || fix: ")
+        return Problem(name, msg, fix=fix)
+    key = next((str(p) for p in reversed(loc) if not isinstance(p, int) and _field_name((p,)) not in ("", "<recipe>")),
+               "") if loc else ""
     allowed, fix = _FIXES.get(name, _FIXES_BY_KEY.get(key, ("", "")))
     if isinstance(given, str) and etype in ("int_type", "float_type", "bool_type", "model_type", "dict_type"):
         bare = given.strip().lower()
@@ -356,9 +432,17 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(str(path), [Problem("<file>", f"not UTF-8 text (byte {exc.start}: {exc.reason})",
+                                              fix="save the recipe as UTF-8; TOML files are UTF-8")]) from None
     except OSError as exc:
         raise RecipeError(str(path), [Problem("<file>", f"cannot read: {exc.strerror}",
                                               fix="check the path given to optcheck_recipe / --optcheck-recipes")]) from None
+    if text.startswith("\ufeff"):
+        raise RecipeError(str(path), [Problem(
+            "<file>", "the file starts with a UTF-8 byte-order mark (BOM), which TOML does not allow",
+            fix="save the file as UTF-8 without BOM (e.g. in VS Code: 'Save with Encoding' -> 'UTF-8'; or "
+                "run: sed -i '1s/^\\xEF\\xBB\\xBF//' " + path.name + ")")])
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -131,8 +131,11 @@ def fastnas_config(step: FastNASStep):
     return config
 
 
-def fastnas_prune(ctx: Context, baseline: Artifact, step: FastNASStep) -> Artifact:
-    """Search the best subnet under the step's constraint with ``mtp.prune`` and ``mto.save`` it."""
+def fastnas_prune(ctx: Context, baseline: Artifact, step: FastNASStep, path: str = "<recipe>") -> Artifact:
+    """Search the best subnet under the step's constraint with ``mtp.prune`` and ``mto.save`` it.
+
+    The step checks its own promise: a subnet over the constraint is an error here, not a model that
+    a later budget may or may not catch."""
     _, mto, mtp = _modelopt()
     start = time.perf_counter()
     seed_everything(ctx.seed)
@@ -171,9 +174,32 @@ def fastnas_prune(ctx: Context, baseline: Artifact, step: FastNASStep) -> Artifa
     path = ctx.workdir / "pruned_modelopt.pth"
     mto.save(model, path)
     metrics = ctx.measure(model, path, time.perf_counter() - start)
+    check_constraint(ctx, step, metrics, baseline.metrics, path)
     ctx.log(f"fastnas: {scored['n']} subnets scored; subnet has {metrics.flops:,} FLOPs")
     return Artifact("pruned", model, metrics, path, {"modelopt": path, "search_checkpoint": search_ckpt},
                     {"subnets_scored": scored["n"], "scores": scored["all"]})
+
+
+def check_constraint(ctx: Context, step: FastNASStep, metrics: Metrics, full: Metrics, path: str) -> None:
+    """Raise ``StepError`` when the searched subnet misses the step's own FLOPs / params constraint."""
+    from .errors import StepError
+    from .limits import human, resolve_limit
+
+    name, limit = step.constraint
+    reference = full.flops if name == "flops" else full.params
+    target = resolve_limit(limit, reference, name)
+    got = metrics.flops if name == "flops" else metrics.params
+    if got <= target * (1 + 1e-9):
+        return
+    index = next(i for i, s in enumerate(ctx.recipe.steps) if s is step or s == step)
+    unit = " FLOPs" if name == "flops" else " params"
+    raise StepError(
+        path, f"steps[{index}] (kind = 'fastnas')",
+        f"the searched subnet has {human(got, unit)} ({got / reference:.1%} of the baseline), over the step's "
+        f"own constraint {name} = {limit!r} = {human(target, unit)}: Model Optimizer returned a subnet that "
+        "misses its target",
+        f"check steps[{index}] (a larger calib_batches, a data.batch_size of 8 or more for the BatchNorm "
+        "calibration); the constraint is checked in Model Optimizer's convention (2 x MACs, BatchNorm excluded)")
 
 
 def restore(ctx: Context, pruned: Artifact) -> Artifact:

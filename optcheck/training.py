@@ -20,6 +20,26 @@ def _silent(_: str) -> None:
     pass
 
 
+def check_batch(logits: torch.Tensor, y: torch.Tensor) -> None:
+    """Labels the model cannot predict make any accuracy meaningless: an error, not a number."""
+    from .errors import EvaluationError
+
+    classes = logits.shape[1] if logits.dim() == 2 else None
+    if classes is not None and y.numel() and (int(y.min()) < 0 or int(y.max()) >= classes):
+        bad = sorted({int(v) for v in y[(y < 0) | (y >= classes)].tolist()})[:5]
+        raise EvaluationError(f"labels {bad} lie outside the model's {classes} classes (0..{classes - 1}): "
+                              "the dataset's labels and the model's output size disagree; make the labels "
+                              "0..num_classes-1, or give the dataset factory's num_classes the true count")
+
+
+def _nonempty(total: int) -> None:
+    from .errors import EvaluationError
+
+    if total == 0:
+        raise EvaluationError("evaluation on an empty split (0 samples): an accuracy of nothing is not a "
+                              "number; give the split samples")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -43,10 +63,13 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str = 
     correct = total = 0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
-        correct += (model(x).argmax(dim=1) == y).sum().item()
+        logits = model(x)
+        check_batch(logits, y)
+        correct += (logits.argmax(dim=1) == y).sum().item()
         total += y.numel()
     model.train(was_training)
-    return (correct / total if total else float("nan")), total
+    _nonempty(total)
+    return correct / total, total
 
 
 @torch.no_grad()
@@ -57,8 +80,11 @@ def correct_mask(model: nn.Module, loader: DataLoader, device: torch.device | st
     hits = []
     for x, y in loader:
         x, y = x.to(device), y.to(device)
-        hits.append((model(x).argmax(dim=1) == y).cpu())
+        logits = model(x)
+        check_batch(logits, y)
+        hits.append((logits.argmax(dim=1) == y).cpu())
     model.train(was_training)
+    _nonempty(sum(len(h) for h in hits))
     return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
 
 
@@ -74,11 +100,14 @@ def mean_log_prob(model: nn.Module, loader: DataLoader, device: torch.device | s
     total, n = 0.0, 0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
-        logp = torch.log_softmax(model(x).double(), dim=1)
+        logits = model(x)
+        check_batch(logits, y)
+        logp = torch.log_softmax(logits.double(), dim=1)
         total += logp.gather(1, y.view(-1, 1)).sum().item()
         n += y.numel()
     model.train(was_training)
-    return total / n if n else float("nan")
+    _nonempty(n)
+    return total / n
 
 
 @torch.no_grad()
@@ -98,7 +127,8 @@ def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.de
         m.momentum = None
     model.train()
     for x, _y in loader:
-        model(x.to(device))
+        if x.shape[0] > 1:  # a batch of one has no batch statistics
+            model(x.to(device))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.train(was_training)
@@ -143,13 +173,18 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, sc
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, warmup))
     loss_fn = nn.CrossEntropyLoss()
     best_acc, best_state, history = -1.0, None, []
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     for epoch in range(1, schedule.epochs + 1):
         model.train()
         running, seen = 0.0, 0
         for x, y in train_loader:
+            if has_bn and x.shape[0] == 1:
+                continue  # a lone last sample: BatchNorm cannot train on a batch of one (torch raises)
             x, y = x.to(device), y.to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            logits = model(x)
+            check_batch(logits, y)
+            loss = loss_fn(logits, y)
             loss.backward()
             optimizer.step()
             scheduler.step()

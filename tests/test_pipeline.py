@@ -6,7 +6,7 @@ import pytest
 
 from conftest import tiny_recipe
 from optcheck import stages
-from optcheck.errors import RecipeError
+from optcheck.errors import RecipeError, StepError
 from optcheck.pipeline import RecipeRun, StageFailed
 from optcheck.recipe import load_recipe
 
@@ -32,8 +32,11 @@ def test_a_failed_stage_is_not_retried(run, monkeypatch):
         raise RuntimeError("out of memory")
 
     monkeypatch.setattr(stages, "train_baseline", broken)
-    with pytest.raises(RuntimeError, match="out of memory"):
+    with pytest.raises(StepError, match="(?s)stage 'baseline'.*cause: RuntimeError: out of memory") as info:
         run.artifact("pruned")
+    # one short message that names where the user's code raised, the original exception chained
+    assert "test_pipeline.py:" in str(info.value) and "in broken" in str(info.value)
+    assert isinstance(info.value.__cause__, RuntimeError) and len(str(info.value).splitlines()) < 10
     with pytest.raises(StageFailed, match="stage 'baseline' of .*tiny.toml failed earlier in this session"):
         run.artifact("finetuned")
     assert calls == [1]

@@ -1,0 +1,158 @@
+"""Checks before anything trains: what a recipe asks of its data, model and search space, tested up
+front so that a mistake is one ``RecipeError`` naming the field and the fix, not a traceback from
+deep inside scikit-learn, torch or Model Optimizer minutes later.
+
+Each check is a plain function over the stage context (``stages.Context``); ``pipeline.RecipeRun.
+preflight`` calls them in order. The schema (``recipe.py``) already checked what needs no data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from .errors import Problem, RecipeError
+
+BUILT_IN_MODELS = ("resnet20", "small_cnn")
+
+
+def _labels(dataset: Any):
+    """The labels of a dataset when it holds them as a tensor or list (no sample is loaded), else None."""
+    import torch
+    from torch.utils.data import Subset
+
+    if isinstance(dataset, Subset):
+        inner = _labels(dataset.dataset)
+        return None if inner is None else inner[torch.as_tensor(list(dataset.indices), dtype=torch.long)]
+    for attr in ("labels", "targets"):
+        value = getattr(dataset, attr, None)
+        if value is not None:
+            try:
+                return torch.as_tensor(value).view(-1)
+            except (TypeError, ValueError, RuntimeError):
+                return None
+    return None
+
+
+def check_data(ctx, path: str) -> None:
+    """Every split holds samples, the test split enough for a verdict, and every label known to the
+    data is one the model can predict."""
+    recipe, data = ctx.recipe, ctx.data
+    factory = recipe.data.dataset not in ("digits", "cifar10", "synthetic")
+    sizes = data.sizes()
+    for split, n in sizes.items():
+        if n == 0:
+            fix = (f"make {recipe.data.dataset} return a non-empty '{split}' split" if factory else
+                   f"raise data.{'test' if split == 'test' else 'val'}_fraction or the dataset's samples")
+            raise RecipeError(path, [Problem("data.dataset", f"the {split} split is empty ({sizes}): "
+                                             "nothing can be trained or judged on it", fix=fix)])
+    need = recipe.budgets.min_test_samples
+    if sizes["test"] < need:
+        raise RecipeError(path, [Problem(
+            "data.test_limit" if recipe.data.test_limit else "data.test_fraction",
+            f"the test split holds {sizes['test']} samples, fewer than budgets.min_test_samples = {need}: a "
+            f"verdict on so few samples means little (a 95% interval of the drop of +-10 pp or wider)",
+            fix="give the test split more samples (test_fraction, test_limit, or the dataset), or lower "
+                "budgets.min_test_samples knowingly")])
+    if data.num_classes < 2:
+        raise RecipeError(path, [Problem("data.dataset", f"the data has {data.num_classes} class: a classifier "
+                                         "needs at least 2", fix="check the dataset's labels")])
+    for split in ("train", "val", "test"):
+        labels = _labels(getattr(data, split))
+        if labels is None or labels.numel() == 0:
+            continue
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= data.num_classes:
+            bad = sorted({int(v) for v in labels[(labels < 0) | (labels >= data.num_classes)].tolist()})[:5]
+            raise RecipeError(path, [Problem(
+                "data.dataset",
+                f"the {split} split has labels {bad} outside the model's {data.num_classes} classes "
+                f"(0..{data.num_classes - 1}): they could never be predicted, and accuracy on them means nothing",
+                fix="make the labels 0..num_classes-1, or give the dataset factory's num_classes the true "
+                    "number of classes")])
+
+
+def check_forward(ctx, model, path: str) -> None:
+    """One forward pass of a batch of two samples' shape: a tensor of logits, one per class."""
+    import torch
+
+    shape = tuple(ctx.data.input_shape)
+    field = "model.name" if ctx.recipe.model.name not in BUILT_IN_MODELS else "data.dataset"
+    hint = ""
+    if ctx.recipe.model.name in BUILT_IN_MODELS and len(shape) != 3:
+        hint = (f"; {ctx.recipe.model.name} takes images (channels, height, width), the dataset's samples "
+                f"have shape {shape}")
+    x = torch.zeros(2, *shape, device=ctx.device)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as exc:
+        from .errors import summarize_exception
+
+        cause, origin = summarize_exception(exc)
+        raise RecipeError(path, [Problem(
+            field, f"the model's forward pass on a batch of samples of shape {shape} raised {cause}"
+                   f"{' (at ' + origin + ')' if origin else ''}{hint}",
+            fix="make the model accept the dataset's samples (or the dataset produce what the model takes)")]) from None
+    finally:
+        model.train(was)
+    if not isinstance(out, torch.Tensor):
+        raise RecipeError(path, [Problem(
+            "model.name", f"the model's forward returns a {type(out).__name__}, not a tensor of logits",
+            fix="return the logits tensor alone (e.g. wrap the model: `return self.net(x)[0]`); optcheck's "
+                "accuracy, FLOPs and round-trip checks compare one output tensor")])
+    if out.dim() != 2 or out.shape[0] != 2 or out.shape[1] != ctx.data.num_classes:
+        raise RecipeError(path, [Problem(
+            "model.name", f"the model's forward returns shape {tuple(out.shape)} for a batch of 2; expected "
+            f"(2, {ctx.data.num_classes}): one logit per class of the data",
+            fix="build the classifier head with num_classes outputs (optcheck passes num_classes= to a factory "
+                "that takes it)")])
+
+
+def layer_widths(model) -> list[int]:
+    import torch.nn as nn
+
+    return sorted({m.out_channels for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)})
+
+
+@contextlib.contextmanager
+def search_space_errors(ctx, step, index: int, path: str):
+    """Around the FastNAS conversion: a divisor larger than every layer leaves Model Optimizer with
+    "no configurable hyperparameters"; say which field and which widths instead."""
+    try:
+        yield
+    except Exception as exc:
+        if "configurable hyperparameters" not in str(exc):
+            raise
+        widths = layer_widths(ctx.make_model())
+        usable = [d for d in (2, 4, 8, 16, 32, 64) if widths and d < max(widths)]
+        raise RecipeError(path, [Problem(
+            f"steps[{index}].channel_divisor",
+            f"no layer of the model can shrink with channel_divisor = {step.channel_divisor} and feature_divisor "
+            f"= {step.feature_divisor}: its conv layers have {', '.join(map(str, widths)) or 'no'} output "
+            f"channels, and a layer only gets choices below its width in steps of the divisor",
+            f"a divisor below the widest layer ({max(widths) if widths else '-'})",
+            f"lower steps[{index}].channel_divisor and feature_divisor"
+            + (f", e.g. to {usable[len(usable) // 2]}" if usable else ""))]) from None
+
+
+def check_budgets_can_fail(recipe, bounds: dict[str, float] | None, path: str) -> None:
+    """An absolute FLOPs / params budget at or above the full model's can never fail."""
+    from .limits import human, parse_percent
+
+    if bounds is None:
+        return
+    for name, metric, unit in (("flops_below", "flops", " FLOPs"), ("params_below", "params", " params")):
+        limit = getattr(recipe.budgets, name)
+        if limit is None or parse_percent(limit) is not None or name in recipe.budgets.report_only:
+            continue
+        full = bounds[f"max_{metric}"]
+        if float(limit) >= full:
+            raise RecipeError(path, [Problem(
+                f"budgets.{name}",
+                f"{name} = {limit} can never fail: the full, unpruned model has {human(full, unit)} "
+                f"({int(full):,})",
+                fix=f"set a limit below {int(full):,} (or a percentage under 100%), or list it in "
+                    f"budgets.report_only to measure it without judging")])
