@@ -24,6 +24,9 @@ def _labels(dataset: Any):
     if isinstance(dataset, Subset):
         inner = _labels(dataset.dataset)
         return None if inner is None else inner[torch.as_tensor(list(dataset.indices), dtype=torch.long)]
+    tensors = getattr(dataset, "tensors", None)  # torch.utils.data.TensorDataset(x, y)
+    if isinstance(tensors, tuple) and len(tensors) == 2:
+        return tensors[1].view(-1)
     for attr in ("labels", "targets"):
         value = getattr(dataset, attr, None)
         if value is not None:
@@ -94,7 +97,8 @@ def check_forward(ctx, model, path: str) -> None:
         cause, origin = summarize_exception(exc)
         raise RecipeError(path, [Problem(
             field, f"the model's forward pass on a batch of samples of shape {shape} raised {cause}"
-                   f"{' (at ' + origin + ')' if origin else ''}{hint}",
+                   f"{'' if not origin else ' (' + origin + ')' if origin.startswith('inside') else ' (at ' + origin + ')'}"
+                   f"{hint}",
             fix="make the model accept the dataset's samples (or the dataset produce what the model takes)")]) from None
     finally:
         model.train(was)

@@ -95,6 +95,13 @@ def summarize_exception(exc: BaseException, limit: int = 300) -> tuple[str, str]
                     or any(path.startswith(p + os.sep) for p in libs) or filename.startswith("<"))
 
     user = [f for f in frames if is_user(f.filename)]
-    frame = user[-1] if user else (frames[-1] if frames else None)
-    origin = f"{frame.filename}:{frame.lineno} in {frame.name}" if frame else ""
-    return cause, origin
+    if user:
+        frame = user[-1]
+        return cause, f"{frame.filename}:{frame.lineno} in {frame.name}"
+    if not frames:
+        return cause, ""
+    frame = frames[-1]  # inside a library: name the library, not its file (no traceback)
+    parts = os.path.abspath(frame.filename).split(os.sep)
+    lib = next((parts[i + 1] for i, p in enumerate(parts[:-1]) if p in ("site-packages", "dist-packages")),
+               os.path.basename(frame.filename))
+    return cause, f"inside {lib} ({os.path.basename(frame.filename)}:{frame.lineno} in {frame.name})"

@@ -36,6 +36,11 @@ class RecipeFile(pytest.File):
             state.bad_recipes.add(self.nodeid)
             exc.path = self.nodeid.split("::")[0]  # as pytest shows it: relative to the rootdir
             raise self.CollectError(str(exc)) from None
+        except OptcheckError as exc:  # a StepError before training: this recipe alone fails to collect
+            state.bad_recipes.add(self.nodeid)
+            if self.config.getoption("fulltrace"):
+                raise
+            raise self.CollectError(str(exc).replace(str(self.path), self.nodeid.split("::")[0])) from None
         items: list[pytest.Item] = [BudgetItem.from_parent(self, name=b, check=b, budget=b, run=run)
                                     for b in recipe.budgets.active()]
         if state.ledger is not None:
@@ -53,6 +58,10 @@ class RecipeFile(pytest.File):
             if skip_reason:
                 item.add_marker(pytest.mark.skip(reason=skip_reason))
             yield item
+
+
+class ReportOnlyBreach(UserWarning):
+    """A budget listed in ``budgets.report_only`` is broken: reported, not failed."""
 
 
 class _CheckItem(pytest.Item):
@@ -94,6 +103,15 @@ class BudgetItem(_CheckItem):
         try:
             measured.update(check_budget(self.budget, self.run, lambda: state.seed_runs_for(self.run.recipe),
                                          record=measured))
+        except AssertionError as exc:
+            if self.budget not in self.run.recipe.budgets.report_only:
+                raise
+            # listed in budgets.report_only: measured and reported, never a failure (said out loud)
+            import warnings
+
+            measured["report_only"] = "broken"
+            warnings.warn(ReportOnlyBreach(f"report-only budget {self.budget} of {self.path.name} is broken "
+                                           f"(not judged: budgets.report_only):\n{exc}"), stacklevel=1)
         finally:
             for key, value in measured.items():
                 self.user_properties.append((f"optcheck.{key}", value))

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import OptcheckError, Problem, RecipeError, StepError, summarize_exception
+from .errors import EvaluationError, OptcheckError, Problem, RecipeError, StepError, summarize_exception
 from .recipe import FastNASStep, Recipe
 
 STAGES = ("baseline", "pruned", "restored", "finetuned")
@@ -41,13 +41,23 @@ class RecipeRun:
         self.cache_seconds = 0.0  # time spent on cache work (keys, loads, checksums, stores)
         self.device_name = device
         self.seed = seed
-        self._workdir = workdir or (lambda: Path(tempfile.mkdtemp(prefix=f"optcheck-{recipe.name}-")))
+        self._workdir = workdir or self._own_workdir
         self.log = log
         self.artifacts: dict[str, Any] = {}
         self._errors: dict[str, BaseException] = {}
         self._ctx = None
         self._preflight_done = False
         self.bounds: dict[str, float] | None = None
+
+    def _own_workdir(self) -> Path:
+        """Without a workdir factory (a ``RecipeRun`` outside pytest): a temporary folder removed when
+        this run is garbage-collected or the interpreter exits."""
+        import shutil
+        import weakref
+
+        path = Path(tempfile.mkdtemp(prefix=f"optcheck-{self.recipe.name}-"))
+        weakref.finalize(self, shutil.rmtree, str(path), True)
+        return path
 
     @property
     def path(self) -> str:
@@ -83,6 +93,9 @@ class RecipeRun:
             if exc.path in ("<recipe>", "", None):
                 exc.path = self.path
             raise
+        except EvaluationError as exc:  # a meaningless number refused: say in which recipe and stage
+            raise StepError(self.path, where, f"{type(exc).__name__}: {exc}",
+                            "see the cause: the data and the model disagree") from exc
         except (OptcheckError, KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:

@@ -70,10 +70,17 @@ def pytest_configure(config: pytest.Config) -> None:
     device = config.getoption("optcheck_device") or config.getini("optcheck_device")
     if device not in ("auto", "cpu", "cuda"):
         raise pytest.UsageError(f"optcheck_device = {device!r} in the ini file: use auto, cpu or cuda")
+    from .recipe import SEED_MAX
+
     try:
         default_seed = int(config.getini("optcheck_seed"))
     except ValueError:
         raise pytest.UsageError(f"optcheck_seed = {config.getini('optcheck_seed')!r} in the ini file: use an integer") from None
+    for where, seed in (("optcheck_seed in the ini file", default_seed),
+                        ("--optcheck-seed", config.getoption("optcheck_seed"))):
+        if seed is not None and not 0 <= seed <= SEED_MAX:
+            raise pytest.UsageError(f"{where} = {seed}: use an integer in [0, {SEED_MAX}] (scikit-learn's "
+                                    "random_state range; the val split uses seed + 1)")
     if config.getoption("optcheck") and device == "cuda":
         import torch  # only here: --optcheck asked for CUDA explicitly
 
@@ -92,6 +99,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistController(state), "optcheck-xdist")
     roots = [r.resolve() for r in _recipe_roots(config)]
+    if state.enabled:
+        _check_roots(config, roots)
     config.stash[_ROOTS] = roots
     if state.enabled:
         from .settings import open_cache, open_ledger, threads_setting
@@ -107,6 +116,24 @@ def pytest_configure(config: pytest.Config) -> None:
         for root in roots:
             if root.exists() and not any(_inside(root, Path(a).resolve()) for a in _arg_paths(config)):
                 config.args.append(str(root))
+
+
+def _check_roots(config: pytest.Config, roots: list[Path]) -> None:
+    """Recipe paths given by ``--optcheck-recipes`` or the ini file must exist: a typo would otherwise
+    run no recipe at all and pass (exit 0 beside other tests)."""
+    import difflib
+
+    given = config.getoption("optcheck_recipes")
+    if not given and not config.getini("optcheck_recipes"):
+        return  # the default recipes/ folder: optional
+    source = "--optcheck-recipes" if given else "optcheck_recipes in the ini file"
+    for root in roots:
+        if root.exists():
+            continue
+        parent = root.parent
+        near = difflib.get_close_matches(root.name, [p.name for p in parent.iterdir()], n=1) if parent.is_dir() else []
+        hint = f"did you mean {parent / near[0]}?" if near else "check the path (relative to the current directory)"
+        raise pytest.UsageError(f"{source}: {root} does not exist; {hint}")
 
 
 _ROOTS = pytest.StashKey[list]()

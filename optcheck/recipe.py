@@ -262,22 +262,22 @@ class Recipe(_Strict):
                 f"interval of +-10 pp or wider) || fix: raise test_limit, or lower min_test_samples knowingly")
         if self.seeds is not None:
             if len(set(self.seeds)) != len(self.seeds):
-                raise ValueError(f"seeds {self.seeds} repeat a seed: each seed is one independent build")
+                raise ValueError(f"@seeds: seeds {self.seeds} repeat a seed: each seed is one independent build || fix: list each seed once")
             if self.seed is not None and self.seed != self.seeds[0]:
-                raise ValueError(f"seed = {self.seed} and seeds = {self.seeds}: give one of them (with seeds, "
-                                 f"the first one is the recipe's seed)")
+                raise ValueError(f"@seeds: seed = {self.seed} and seeds = {self.seeds}: give one of them (with seeds, "
+                                 f"the first one is the recipe's seed) || fix: remove seed")
         kinds = [s.kind for s in self.steps]
         if kinds.count("fastnas") > 1 or kinds.count("finetune") > 1:
-            raise ValueError("each step kind may appear once: one 'fastnas', then one 'finetune'")
+            raise ValueError("@steps: each step kind may appear once: one 'fastnas', then one 'finetune' || fix: remove the extra step")
         if "finetune" in kinds and ("fastnas" not in kinds or kinds.index("finetune") < kinds.index("fastnas")):
-            raise ValueError("'finetune' fine-tunes the pruned subnet: put a 'fastnas' step before it")
+            raise ValueError("@steps: 'finetune' fine-tunes the pruned subnet || fix: put a 'fastnas' step before it")
         active = self.budgets.active()
         if active == ["baseline_accuracy_at_least"]:
-            raise ValueError("a recipe needs at least one budget under [budgets] that judges the compressed model")
+            raise ValueError("@budgets: a recipe needs at least one budget under [budgets] that judges the compressed model || fix: add e.g. accuracy_drop_under = 0.01")
         needs_prune = {"flops_below", "params_below", "pre_finetune_drop_under", "restore_roundtrip"}
         if "fastnas" not in kinds and needs_prune & set(active):
             raise ValueError(
-                f"budgets {sorted(needs_prune & set(active))} judge a compressed model: add a 'fastnas' step"
+                f"@steps: budgets {sorted(needs_prune & set(active))} judge a compressed model || fix: add a 'fastnas' step"
             )
         return self
 

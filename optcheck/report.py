@@ -21,7 +21,8 @@ from typing import Any
 from .limits import human
 
 _LABELS = {"baseline": "baseline", "pruned": "pruned", "restored": "restored", "finetuned": "fine-tuned"}
-_ICON = {"passed": "✅", "failed": "❌", "error": "❌", "skipped": "⏭️", "xfailed": "⚠️", "xpassed": "❗"}
+_ICON = {"passed": "✅", "failed": "❌", "error": "❌", "skipped": "⏭️", "xfailed": "⚠️", "xpassed": "❗",
+         "broken (report only)": "⚠️"}
 
 
 class ReportWarning(UserWarning):
@@ -48,6 +49,8 @@ def verdict_of(report, props: dict[str, Any]) -> dict[str, Any]:
         message = report.wasxfail
     details = {k.removeprefix("optcheck."): v for k, v in props.items()
                if k.startswith("optcheck.") and k not in ("optcheck.recipe", "optcheck.check")}
+    if details.get("report_only") == "broken" and outcome == "passed":
+        outcome = "broken (report only)"
     return {"outcome": outcome, "message": message, "details": details}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,10 +160,20 @@ def get_state(config: pytest.Config) -> OptcheckState:
 
 
 def make_basetemp(config: pytest.Config) -> Callable[[str], Path]:
-    factory = getattr(config, "_tmp_path_factory", None)  # set by pytest's tmp_path plugin
-    if factory is not None:
-        return lambda name: factory.mktemp(name, numbered=True)
-    return lambda name: Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    """Working folders under pytest's own temporary directory (``--basetemp``, kept for the last 3
+    sessions by pytest's retention), looked up when first needed: pytest's tmp_path plugin sets up its
+    factory in a ``pytest_configure`` that may run after ours. Without that plugin (``-p no:tmpdir``)
+    the folders are removed at the end of the session."""
+
+    def make(name: str) -> Path:
+        factory = getattr(config, "_tmp_path_factory", None)  # set by pytest's tmp_path plugin
+        if factory is not None:
+            return factory.mktemp(name, numbered=True)
+        path = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+        config.add_cleanup(lambda: shutil.rmtree(path, ignore_errors=True))
+        return path
+
+    return make
 
 
 def worker_threads(setting: str) -> int | None:
