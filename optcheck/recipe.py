@@ -384,6 +384,9 @@ def _problem(err: dict) -> Problem:
     key = next((str(p) for p in reversed(loc) if not isinstance(p, int) and _field_name((p,)) not in ("", "<recipe>")),
                "") if loc else ""
     allowed, fix = _FIXES.get(name, _FIXES_BY_KEY.get(key, ("", "")))
+    if etype == "less_than" and key in ("accuracy_drop_under", "pre_finetune_drop_under"):
+        msg = f"{key} = {given!r} can never fail: no drop exceeds 100 pp"
+        fix = f"write the drop you can accept as a fraction, e.g. {key} = 0.01 for 1 pp"
     if isinstance(given, str) and etype in ("int_type", "float_type", "bool_type", "model_type", "dict_type"):
         bare = given.strip().lower()
         plain = bare if bare in ("true", "false") else given.strip()

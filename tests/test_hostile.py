@@ -131,7 +131,7 @@ CASES = [
     Case("roundtrip_off_as_a_word", Error("budgets.restore_roundtrip", ("'off'", "true and false"))),
     Case("batch_size_quoted", Error("data.batch_size", ("without quotes", "batch_size = 32"))),
     Case("drop_quoted", Error("budgets.accuracy_drop_under", ("without quotes",))),
-    Case("drop_of_one_cannot_fail", Error("budgets.accuracy_drop_under", ("less than 1",))),
+    Case("drop_of_one_cannot_fail", Error("budgets.accuracy_drop_under", ("can never fail", "0.01 for 1 pp"))),
     Case("flops_below_100_percent_cannot_fail", Error("budgets.flops_below", ("can never fail", "report_only"))),
     Case("flops_below_absolute_over_the_full_model", Error("budgets.flops_below", ("can never fail", "full, unpruned"))),
     Case("params_below_absolute_over_the_full_model", Error("budgets.params_below", ("can never fail",))),
@@ -455,3 +455,47 @@ def test_a_session_leaves_no_working_folder_outside_pytests_temporary_directory(
                       env={"TMPDIR": str(tmpdir)})
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert [p.name for p in tmpdir.iterdir() if p.name.startswith("optcheck-")] == []
+
+
+# -- a step checks its own promise; an evaluation refuses a meaningless number --------------------------
+
+def test_a_fastnas_subnet_over_its_own_constraint_is_a_step_error():
+    from types import SimpleNamespace
+
+    from optcheck.errors import StepError
+    from optcheck.recipe import FastNASStep
+    from optcheck.stages import Metrics, check_constraint
+
+    step = FastNASStep(kind="fastnas", flops="60%")
+    ctx = SimpleNamespace(recipe=SimpleNamespace(steps=[step]))
+    full = Metrics(0.9, 100, 0.9, 50, flops=1_000_000, params=5_000, ckpt_bytes=None, seconds=0.0)
+    within = Metrics(0.9, 100, 0.9, 50, flops=600_000, params=2_000, ckpt_bytes=None, seconds=0.0)
+    check_constraint(ctx, step, within, full, "r.toml")  # exactly at the target: kept
+    over = Metrics(0.9, 100, 0.9, 50, flops=1_000_000, params=5_000, ckpt_bytes=None, seconds=0.0)
+    with pytest.raises(StepError) as info:
+        check_constraint(ctx, step, over, full, "r.toml")
+    message = str(info.value)
+    assert "r.toml: steps[0] (kind = 'fastnas') failed" in message
+    assert "1M FLOPs (100.0% of the baseline), over the step's own constraint flops = '60%' = 600k FLOPs" in message
+
+
+def test_evaluation_on_an_empty_split_or_foreign_labels_is_an_error():
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from optcheck.errors import EvaluationError
+    from optcheck.training import correct_mask, evaluate, mean_log_prob
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    empty = DataLoader(TensorDataset(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)), batch_size=8)
+    foreign = DataLoader(TensorDataset(torch.zeros(6, 4), torch.tensor([0, 1, 2, 3, 4, 1])), batch_size=8)
+    for measure in (evaluate, correct_mask, mean_log_prob):
+        with pytest.raises(EvaluationError, match="empty split"):
+            measure(model, empty)
+        with pytest.raises(EvaluationError, match=r"labels \[3, 4\] lie outside the model's 3 classes"):
+            measure(model, foreign)
+
+
+def test_the_readme_states_the_catalogues_size():
+    readme = (HERE.parent / "README.md").read_text()
+    assert f"**{len(CASES)} hostile recipes run in one session**" in readme

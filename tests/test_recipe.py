@@ -202,8 +202,8 @@ def test_seeds(tmp_path):
 
 
 @pytest.mark.parametrize("lines, field, needle", [
-    ("seeds = [0, 0]", "<recipe>", "seeds [0, 0] repeat a seed"),
-    ("seed = 1\nseeds = [0, 1]", "<recipe>", "seed = 1 and seeds = [0, 1]: give one of them"),
+    ("seeds = [0, 0]", "seeds", "seeds [0, 0] repeat a seed"),
+    ("seed = 1\nseeds = [0, 1]", "seeds", "seed = 1 and seeds = [0, 1]: give one of them"),
     ("seeds = [0]", "seeds", "at least 2 items"),
 ])
 def test_bad_seeds(tmp_path, lines, field, needle):
