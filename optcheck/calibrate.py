@@ -218,6 +218,9 @@ def run_variants(recipe_path: Path, variants_: list[Variant], *, device: str, ca
             tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
             return {"variant": v.__dict__, "error": f"exit {proc.returncode}: {tail}"}
         out = json.loads(lines[-1])
+        if "skipped" in out:  # the recipe's data is not on this machine
+            log(f"calibrating {recipe_path.name}: {v.label} skipped ({out['skipped'][:200]})")
+            return {"variant": v.__dict__, **out}
         log(f"calibrating {recipe_path.name}: {v.label} done ("
             + ", ".join(f"{s} {m['test_acc'] * 100:.2f}% {m['flops'] / 1e6:.2f}M" for s, m in out["stages"].items()) + ")")
         return {"variant": v.__dict__, **out}
@@ -242,7 +245,11 @@ def calibrate_recipes(paths: list[Path], count: int, *, ledger_path: Path, devic
         recipe = load_recipe(path)
         seed = recipe.seed if recipe.seed is not None else 0
         vs = variants(seed, count, threads=threads, device="cuda" if device == "cuda" else "cpu")
-        runs = run_variants(path, vs, device=device, cache_dir=cache_dir, jobs=jobs, log=log, rootdir=rootdir)
+        # the first variant alone first: a recipe whose data is missing is known after one subprocess
+        runs = run_variants(path, vs[:1], device=device, cache_dir=cache_dir, jobs=jobs, log=log, rootdir=rootdir)
+        if not any("skipped" in r for r in runs):
+            runs += run_variants(path, vs[1:], device=device, cache_dir=cache_dir, jobs=jobs, log=log,
+                                 rootdir=rootdir)
         if any("skipped" in r for r in runs):
             log(f"calibration of {display(path)} skipped: {next(r['skipped'] for r in runs if 'skipped' in r)}")
             continue

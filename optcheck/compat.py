@@ -58,9 +58,12 @@ def patch_torchprofile() -> str:
 
 def import_modelopt():
     """Import the modelopt modules optcheck uses, after making torchprofile compatible."""
+    from .quiet import library_noise
+
     patch_torchprofile()
-    import modelopt.torch.nas as mtn
-    import modelopt.torch.opt as mto
-    import modelopt.torch.prune as mtp
+    with library_noise():  # modelopt's own deprecations at import time
+        import modelopt.torch.nas as mtn
+        import modelopt.torch.opt as mto
+        import modelopt.torch.prune as mtp
 
     return mtn, mto, mtp

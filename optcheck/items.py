@@ -100,9 +100,12 @@ class BudgetItem(_CheckItem):
 
         state = get_state(self.config)
         measured: dict[str, Any] = {}  # filled before an accuracy budget judges: kept when it fails
+        from .quiet import library_noise
+
         try:
-            measured.update(check_budget(self.budget, self.run, lambda: state.seed_runs_for(self.run.recipe),
-                                         record=measured))
+            with library_noise():
+                measured.update(check_budget(self.budget, self.run, lambda: state.seed_runs_for(self.run.recipe),
+                                             record=measured))
         except AssertionError as exc:
             if self.budget not in self.run.recipe.budgets.report_only:
                 raise

@@ -140,6 +140,7 @@ class RecipeRun:
         if self._preflight_done:
             return
         from .checks import check_budgets_can_fail, check_data, check_forward, search_space_errors
+        from .quiet import library_noise
 
         ctx = self.ctx
         check_data(ctx, self.path)
@@ -153,7 +154,7 @@ class RecipeRun:
             with self._boundary(f"converting the model to the FastNAS search space (steps[{index}])",
                                 fix=f"check steps[{index}]'s divisors and that the model is a plain CNN "
                                     "that Model Optimizer can trace"):
-                with search_space_errors(ctx, step, index, self.path):
+                with search_space_errors(ctx, step, index, self.path), library_noise():
                     self.bounds = check_fastnas_target(ctx, step, self.path, self._cached_bounds(step))
             check_budgets_can_fail(self.recipe, self.bounds, self.path)
         self._preflight_done = True
@@ -265,8 +266,11 @@ class RecipeRun:
                     return artifact
                 outcome = "hit (built by another process)"
         self.log(f"{self.recipe.name}: {stage} from cache ({self.cache.show(entry.path)})")
+        from .quiet import library_noise
+
         try:
-            artifact = stages.load_artifact(self.ctx, stage, entry.files, entry.meta)
+            with library_noise():
+                artifact = stages.load_artifact(self.ctx, stage, entry.files, entry.meta)
         except Exception as exc:  # checksums matched, but the files do not load: never a crash
             self.cache.quarantine(entry.path, f"it could not be loaded ({type(exc).__name__}: {exc})")
             return self._obtain(stage, parent)
@@ -280,16 +284,23 @@ class RecipeRun:
         self.preflight()
         ctx = self.ctx
         self.log(f"{self.recipe.name}: building {stage}")
-        with self._boundary(f"stage '{stage}', built by {self.step_label(stage)}",
+        from .quiet import library_noise
+
+        started = time.perf_counter()
+        with library_noise(), self._boundary(f"stage '{stage}', built by {self.step_label(stage)}",
                             fix="see the cause; if it is raised in your own code (model, dataset), fix it "
                                 "there, else run with --fulltrace and report it with that output"):
             if stage == "baseline":
-                return stages.train_baseline(ctx)
-            if stage == "pruned":
-                return stages.fastnas_prune(ctx, parent, self.recipe.step("fastnas"), self.path)
-            if stage == "restored":
-                return stages.restore(ctx, parent)
-            return stages.finetune(ctx, parent, self.recipe.step("finetune"))
+                artifact = stages.train_baseline(ctx)
+            elif stage == "pruned":
+                artifact = stages.fastnas_prune(ctx, parent, self.recipe.step("fastnas"), self.path)
+            elif stage == "restored":
+                artifact = stages.restore(ctx, parent)
+            else:
+                artifact = stages.finetune(ctx, parent, self.recipe.step("finetune"))
+        self.log(f"{self.recipe.name}: built {stage} in {time.perf_counter() - started:.1f} s "
+                 f"(test acc {artifact.metrics.test_acc:.2%}, {artifact.metrics.flops:,} FLOPs)")
+        return artifact
 
 
 def _fix_for(exc: BaseException, fix: str, run: "RecipeRun") -> str:

@@ -149,18 +149,21 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def _progress_logger(config: pytest.Config):
+    """Where progress lines go: the terminal (serial, or the xdist controller), or on an xdist worker
+    the file the controller's relay prints from (``progress.py``). ``-q`` keeps it quiet."""
+    from .progress import file_writer, terminal_writer
+
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        folder = workerinput.get("optcheck_progress")
+        if not folder:
+            return lambda _m: None
+        return file_writer(Path(folder), workerinput.get("workerid", "gw?"))
+    write = terminal_writer(config)
+
     def log(message: str) -> None:
-        if config.get_verbosity() < 0:
-            return
-        reporter = config.pluginmanager.get_plugin("terminalreporter")
-        capture = config.pluginmanager.get_plugin("capturemanager")
-        if reporter is None:
-            return
-        if capture is not None:
-            with capture.global_and_fixture_disabled():
-                reporter.write_line(f"[optcheck] {message}")
-        else:
-            reporter.write_line(f"[optcheck] {message}")
+        if config.get_verbosity() >= 0:
+            write(f"[optcheck] {message}")
 
     return log
 
@@ -221,10 +224,31 @@ def pytest_runtestloop(session: pytest.Session) -> None:
 
 
 class _XdistController:
-    """On the xdist controller: receive each worker's results when it shuts down."""
+    """On the xdist controller: relay the workers' progress while they run, and receive each
+    worker's results when it shuts down."""
 
     def __init__(self, state: OptcheckState):
         self.state = state
+        self.relay = None
+
+    def pytest_configure_node(self, node) -> None:
+        config = node.config
+        if not self.state.enabled or config.get_verbosity() < 0:
+            return
+        if self.relay is None:
+            from .progress import Relay, terminal_writer
+
+            folder = self.state.basetemp("optcheck-progress") if self.state.basetemp else None
+            if folder is None:
+                return
+            self.relay = Relay(folder, terminal_writer(config))
+            self.relay.start()
+        node.workerinput["optcheck_progress"] = str(self.relay.folder)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session) -> None:
+        if self.relay is not None:
+            self.relay.stop()
 
     def pytest_testnodedown(self, node, error) -> None:
         part = getattr(node, "workeroutput", {}).get("optcheck")

@@ -174,6 +174,9 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, sc
     loss_fn = nn.CrossEntropyLoss()
     best_acc, best_state, history = -1.0, None, []
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    from .progress import Clock, eta
+
+    clock = Clock()
     for epoch in range(1, schedule.epochs + 1):
         model.train()
         running, seen = 0.0, 0
@@ -195,8 +198,9 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, sc
                         "lr": optimizer.param_groups[0]["lr"]})
         if acc > best_acc:
             best_acc, best_state = acc, copy.deepcopy(model.state_dict())
+        took = eta(epoch, schedule.epochs, clock.elapsed())
         log(f"{label}: epoch {epoch}/{schedule.epochs}  loss {running / max(seen, 1):.4f}  "
-            f"val acc {acc:.4f} (n={n})")
+            f"val acc {acc:.4f} (n={n})  {clock.elapsed() / epoch:.1f} s/epoch" + (f", {took}" if took else ""))
     if best_state is not None:
         model.load_state_dict(best_state)
     return history

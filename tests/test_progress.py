@@ -1,0 +1,76 @@
+"""Live progress and a quiet warnings summary, as a user sees them: pytest in its own process, in a
+project without this repository's pyproject (so none of its filterwarnings apply)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import tiny_recipe
+
+USER_MODEL = '''
+import warnings
+
+from optcheck.models import SmallCNN
+
+
+class Chatty(SmallCNN):
+    def forward(self, x):
+        warnings.warn("user model: this layer is deprecated in our codebase", UserWarning)
+        return super().forward(x)
+
+
+def make(num_classes=10, in_channels=3):
+    return Chatty(num_classes, in_channels)
+'''
+
+
+def run_pytest(project, *args):
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=project,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(project)})
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    path = tmp_path_factory.mktemp("progress")
+    (path / "pytest.ini").write_text("[pytest]\noptcheck_ledger = off\n")  # no filterwarnings at all
+    (path / "mymodel.py").write_text(USER_MODEL)
+    (path / "recipes").mkdir()
+    (path / "recipes" / "tiny.toml").write_text(tiny_recipe().replace('name = "small_cnn"', 'name = "mymodel:make"'))
+    return path
+
+
+@pytest.fixture(scope="module")
+def under_xdist(project):
+    return run_pytest(project, "--optcheck", "-n", "2", "--optcheck-no-cache", "recipes")
+
+
+def test_worker_progress_reaches_the_controller_under_xdist(under_xdist):
+    out = under_xdist.stdout
+    assert under_xdist.returncode == 0, out[-4000:] + under_xdist.stderr[-2000:]
+    lines = [ln for ln in out.splitlines() if ln.startswith("[optcheck gw")]
+    text = "\n".join(lines)
+    assert any("tiny: building baseline" in ln for ln in lines), out[-4000:]
+    assert any("baseline: epoch 1/6" in ln and "s/epoch, ETA" in ln for ln in lines), text  # ETA once an epoch ran
+    assert any("tiny: built baseline in" in ln for ln in lines), text
+    assert any("tiny: built finetuned in" in ln for ln in lines), text
+    # in order, and before the session's end
+    assert out.index("building baseline") < out.index("built baseline") < out.index("optcheck results")
+
+
+def test_library_noise_is_silenced_and_the_users_own_warnings_are_kept(under_xdist):
+    out = under_xdist.stdout
+    for noise in ("torch.jit.script", "model_fields", "data queue not filled", "Per-rank checkpoint",
+                  "Initializing from scratch"):
+        assert noise not in out, f"{noise!r} in the user's warnings summary:\n{out[-4000:]}"
+    assert "user model: this layer is deprecated in our codebase" in out, out[-4000:]
+
+
+def test_quiet_runs_print_no_progress(project):
+    proc = run_pytest(project, "--optcheck", "-n", "2", "-q", "--optcheck-no-cache", "recipes")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "[optcheck" not in proc.stdout
