@@ -469,8 +469,8 @@ def test_a_fastnas_subnet_over_its_own_constraint_is_a_step_error():
     step = FastNASStep(kind="fastnas", flops="60%")
     ctx = SimpleNamespace(recipe=SimpleNamespace(steps=[step]))
     full = Metrics(0.9, 100, 0.9, 50, flops=1_000_000, params=5_000, ckpt_bytes=None, seconds=0.0)
-    within = Metrics(0.9, 100, 0.9, 50, flops=600_000, params=2_000, ckpt_bytes=None, seconds=0.0)
-    check_constraint(ctx, step, within, full, "r.toml")  # exactly at the target: kept
+    within = Metrics(0.9, 100, 0.9, 50, flops=620_000, params=2_000, ckpt_bytes=None, seconds=0.0)
+    check_constraint(ctx, step, within, full, "r.toml")  # within Model Optimizer's counting slack (5%): kept
     over = Metrics(0.9, 100, 0.9, 50, flops=1_000_000, params=5_000, ckpt_bytes=None, seconds=0.0)
     with pytest.raises(StepError) as info:
         check_constraint(ctx, step, over, full, "r.toml")
