@@ -104,7 +104,12 @@ def _as_loader(data: Any):
         return data
     if isinstance(data, (tuple, list)) and len(data) == 2:
         return DataLoader(TensorDataset(data[0], data[1]), batch_size=512)
-    raise TypeError("data must be a DataLoader or an (inputs, labels) pair of tensors")
+    # any loader that can be iterated again (optcheck's TensorBatches, a user's own): not a one-shot
+    # iterator or generator, which the first pass would exhaust and the next would see empty
+    if hasattr(data, "__iter__") and not hasattr(data, "__next__"):
+        return data
+    raise TypeError("data must be a DataLoader (or another loader that can be iterated more than once) "
+                    "or an (inputs, labels) pair of tensors")
 
 
 def _pct(acc: float, n: int | None) -> str:

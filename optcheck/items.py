@@ -60,6 +60,13 @@ class RecipeFile(pytest.File):
             yield item
 
 
+def buildable_recipes(items) -> int:
+    """How many recipe files have an item that will run (not skipped, e.g. for missing data)."""
+    files = {item.path for item in items if isinstance(item, _CheckItem)
+             and item.get_closest_marker("skip") is None}
+    return len(files)
+
+
 class ReportOnlyBreach(UserWarning):
     """A budget listed in ``budgets.report_only`` is broken: reported, not failed."""
 
@@ -95,7 +102,6 @@ class BudgetItem(_CheckItem):
         self.budget = budget
 
     def runtest(self) -> None:
-        from .budgets import check_budget
         from .session import get_state
 
         state = get_state(self.config)
@@ -104,8 +110,7 @@ class BudgetItem(_CheckItem):
 
         try:
             with library_noise():
-                measured.update(check_budget(self.budget, self.run, lambda: state.seed_runs_for(self.run.recipe),
-                                             record=measured))
+                self._judge(state, measured)
         except AssertionError as exc:
             if self.budget not in self.run.recipe.budgets.report_only:
                 raise
@@ -118,6 +123,34 @@ class BudgetItem(_CheckItem):
         finally:
             for key, value in measured.items():
                 self.user_properties.append((f"optcheck.{key}", value))
+
+
+    def _judge(self, state, measured: dict[str, Any]) -> None:
+        """Replay the verdict from the cache when nothing it depends on changed (``verdicts.py``),
+        else judge it live and keep it."""
+        from .budgets import check_budget
+        from . import verdicts
+
+        runs = state.seed_runs_for(self.run.recipe) if self.run.recipe.seeds else [self.run]
+        key = verdicts.verdict_key(runs, self.budget) if self.run.cache is not None else None
+        stored = verdicts.replay(self.run.cache, key) if key else None
+        if stored is not None:
+            for stage in self.run.cached_stages():  # their metrics for the results table (no model loaded)
+                self.run.artifact(stage)
+            measured.update(stored["measured"], verdict_cache="hit")
+            self.run.log(f"{self.run.recipe.name}: {self.budget} {stored['outcome']} (verdict from the cache; "
+                         "--optcheck-rebuild judges it again)")
+            if stored["outcome"] == "failed":
+                raise AssertionError(stored["message"])
+            return
+        try:
+            measured.update(check_budget(self.budget, self.run, lambda: runs, record=measured))
+        except AssertionError as exc:
+            if key:
+                verdicts.store(self.run, key, "failed", dict(measured), str(exc))
+            raise
+        if key:
+            verdicts.store(self.run, key, "passed", dict(measured))
 
 
 class LedgerItem(_CheckItem):

@@ -131,6 +131,7 @@ def _feed(h, ds, seen: dict[int, str]) -> None:
         arr(ds.images)
         arr(ds.labels)
         h.update(repr(ds.transform).encode())
+        h.update(repr(ds.batch_ops).encode())
     elif isinstance(ds, TensorDataset):
         for t in ds.tensors:
             arr(t)

@@ -25,6 +25,10 @@ _NEEDS = {"pruned": "baseline", "restored": "pruned", "finetuned": "restored"}
 FIXED_ARCHITECTURE = ("baseline",)
 
 
+class _Upstream(Exception):
+    """Carries the failure of the stage a build needed (its ``__cause__``) through that build."""
+
+
 class StageFailed(OptcheckError):
     """A stage this one depends on raised earlier in the session."""
 
@@ -63,6 +67,15 @@ class RecipeRun:
     def path(self) -> str:
         return str(self.recipe.path)
 
+    def set_threads(self, threads: int | None) -> None:
+        """Build with ``threads`` from now on (before anything is built: the keys hold the count)."""
+        self.threads = threads
+        self._keys = None
+        if threads and self._ctx is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+
     # -- context -------------------------------------------------------------------------------
     @property
     def ctx(self):
@@ -79,10 +92,46 @@ class RecipeRun:
             base = self.recipe.path.parent if self.recipe.path else None
             with self._boundary("loading the data (data.dataset)", fix="check the [data] table; if the "
                                 "error is raised in your dataset factory, fix it there"):
-                data = build_data(self.recipe.data, self.seed, base, self.path)
+                data = self._cached_data() or build_data(self.recipe.data, self.seed, base, self.path)
             self._ctx = Context(self.recipe, data, resolve_device(self.device_name), self.seed,
                                 self._workdir(), self.log)
         return self._ctx
+
+    def _cached_data(self):
+        """A built-in tensor dataset's splits from the cache (built and stored on a miss), or None when
+        the dataset is not one (``data.CACHEABLE``) or there is no cache. Saves a warm session
+        scikit-learn's import and the split (1.3 s here)."""
+        from . import data as datamod
+
+        key = datamod.data_key(self.recipe.data, self.seed) if self.cache is not None else None
+        if key is None:
+            return None
+        for attempt in (1, 2):
+            with self._cache_work():
+                entry = self.cache.load("data", key)
+            if entry is not None:
+                try:
+                    return datamod.bundle_from_file(entry.files["splits"])
+                except Exception as exc:  # verified but unreadable: rebuilt below
+                    self.cache.quarantine(entry.path, f"it could not be loaded ({type(exc).__name__}: {exc})")
+            if attempt == 2:
+                break
+            with self.cache.lock("data", key, f"the data of {self.recipe.name}"):
+                if self.cache.load("data", key) is not None:
+                    continue  # built by another process while we waited
+                bundle = datamod.build_data(self.recipe.data, self.seed, None, self.path)
+                path = Path(tempfile.mkdtemp(prefix="optcheck-data-")) / "splits.pt"
+                try:
+                    with self._cache_work():
+                        datamod.bundle_to_file(bundle, path)
+                        self._store("data", key, {"splits": path},
+                                    {"recipe": self.recipe.name, "dataset": self.recipe.data.dataset})
+                finally:
+                    import shutil
+
+                    shutil.rmtree(path.parent, ignore_errors=True)
+                return bundle
+        return None  # the entry another process stored does not load: build without the cache
 
     @contextlib.contextmanager
     def _boundary(self, where: str, fix: str):
@@ -126,6 +175,12 @@ class RecipeRun:
 
     def available_stages(self) -> list[str]:
         return stages_of(self.recipe)
+
+    def cached_stages(self) -> list[str]:
+        """The stages of this recipe that the cache keeps (the others are rebuilt every session)."""
+        from .stages import CACHED_STAGES
+
+        return [s for s in self.available_stages() if s in CACHED_STAGES]
 
     def final_stage(self) -> str:
         """The compressed model the budgets judge: fine-tuned if there is a fine-tune step."""
@@ -225,9 +280,19 @@ class RecipeRun:
                 str(first).splitlines() or [""])[0]
             raise StageFailed(f"stage '{stage}' of {self.path} failed earlier in this session (the first check "
                               f"that needed it shows the whole error): {cause}") from first
-        parent = self.artifact(_NEEDS[stage]) if stage in _NEEDS else None
+        def parent():
+            """The stage it is built from, obtained only if it is built (a cache hit needs none)."""
+            if stage not in _NEEDS:
+                return None
+            try:
+                return self.artifact(_NEEDS[stage])
+            except BaseException as exc:
+                raise _Upstream() from exc  # that stage's failure, already recorded for it
+
         try:
             self.artifacts[stage] = self._obtain(stage, parent)
+        except _Upstream as up:
+            raise up.__cause__  # the original, with its own cause; not recorded for this stage
         except BaseException as exc:
             self._errors[stage] = exc
             raise
@@ -266,21 +331,40 @@ class RecipeRun:
                     return artifact
                 outcome = "hit (built by another process)"
         self.log(f"{self.recipe.name}: {stage} from cache ({self.cache.show(entry.path)})")
-        from .quiet import library_noise
-
-        try:
-            with library_noise():
-                artifact = stages.load_artifact(self.ctx, stage, entry.files, entry.meta)
-        except Exception as exc:  # checksums matched, but the files do not load: never a crash
-            self.cache.quarantine(entry.path, f"it could not be loaded ({type(exc).__name__}: {exc})")
-            return self._obtain(stage, parent)
+        artifact = stages.load_artifact(self.ctx, stage, entry.files, entry.meta,
+                                        load=lambda: self._load_model(stage, entry, parent))
         self.events[stage] = {"cache": outcome, "key": key, "seconds": time.perf_counter() - start,
                               "waited": waited}
         return artifact
 
-    def _build(self, stage: str, parent):
+    def _load_model(self, stage: str, entry, parent):
+        """A cached stage's model, when a check first needs it. Checksums matched but the files do not
+        load (never a crash): the entry goes to quarantine and the stage is rebuilt; the artifact the
+        session holds takes the rebuilt one's model and metrics."""
+        from . import stages
+        from .quiet import library_noise
+
+        try:
+            with library_noise():
+                return stages.load_model(self.ctx, stage, entry.files)
+        except Exception as exc:
+            self.cache.quarantine(entry.path, f"it could not be loaded ({type(exc).__name__}: {exc})")
+        # built here, not through _obtain: an entry that quarantine could not move would be found again
+        with self.cache.lock(stage, entry.key, f"the {stage} of {self.recipe.name}"):
+            rebuilt = self._build(stage, parent)
+            with self._cache_work():
+                meta = {**stages.entry_meta(rebuilt), "recipe": self.recipe.name, "key_material": self.keys[stage]}
+                self._store(stage, entry.key, rebuilt.files, meta)
+        self.events[stage] = {**self.events.get(stage, {}), "cache": "rebuilt (entry did not load)"}
+        held = self.artifacts.get(stage)
+        if held is not None and held is not rebuilt:
+            held.metrics, held.path, held.files, held.info = rebuilt.metrics, rebuilt.path, rebuilt.files, rebuilt.info
+        return rebuilt.model
+
+    def _build(self, stage: str, parent_of):
         from . import stages
 
+        parent = parent_of()
         self.preflight()
         ctx = self.ctx
         self.log(f"{self.recipe.name}: building {stage}")

@@ -105,7 +105,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if state.enabled:
         from .settings import open_cache, open_ledger, threads_setting
 
-        state.threads = threads_setting(config)
+        state.threads, state.threads_auto = threads_setting(config)
         state.cache, state.cache_note = open_cache(config, state)
         state.ledger = open_ledger(config, roots)
         config.stash[_LEDGER_PATH] = state.ledger.path.resolve() if state.ledger else None
@@ -221,6 +221,31 @@ def pytest_runtestloop(session: pytest.Session) -> None:
         return
     if state.collect_failures and state.collect_failures <= state.bad_recipes:
         session.config.option.continue_on_collection_errors = True
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Under ``-n N`` with --optcheck: one recipe's items on one worker (``schedule.py``), unless the
+    command line chose a ``--dist`` mode itself."""
+    from .schedule import explicit_dist, make_scheduler
+
+    state = config.stash.get(STATE_KEY, None)
+    if state is None or not state.enabled or config.getoption("dist", "load") != "load":
+        return None
+    if explicit_dist(list(config.invocation_params.args)):
+        return None
+    return make_scheduler(config, log)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items) -> None:
+    """On an xdist worker with ``auto`` threads: the recipes that will build are known now."""
+    state = config.stash.get(STATE_KEY, None)
+    if state is None or not state.enabled or not state.threads_auto:
+        return
+    from .items import buildable_recipes
+
+    state.retune_threads(buildable_recipes(items))
 
 
 class _XdistController:

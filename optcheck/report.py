@@ -214,6 +214,10 @@ def terminal_lines(state, written: list[str]) -> list[str]:
             if explain:
                 lines.append(f"{check}: {explain}")
         cache = cache_summary(r["stages"])
+        replayed = [c for c, v in r.get("verdicts", {}).items() if (v.get("details") or {}).get("verdict_cache") == "hit"]
+        if replayed:  # said out loud: these were not measured again in this session
+            cache += ("; " if cache else "") + (f"verdicts of {', '.join(replayed)} from the cache (nothing they "
+                                                 "depend on changed; --optcheck-rebuild judges them again)")
         if cache:
             lines.append(f"cache: {cache}")
         for stage, check in r.get("ledger", {}).items():

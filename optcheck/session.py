@@ -32,6 +32,7 @@ class OptcheckState:
     rootdir: Path = Path(".")
     worker: str = "main"  # the xdist worker id ("gw0", ...) or "main"
     threads: int | None = None  # torch intra-op threads for building artifacts (None: torch's default)
+    threads_auto: bool = False  # ``auto``: re-decided once the recipes to build are known (``retune_threads``)
     cache: Any = None  # ArtifactCache, or None when caching is off
     cache_note: str = "off"
     ledger: Any = None  # Ledger, or None when the ledger is off
@@ -75,6 +76,19 @@ class OptcheckState:
         workdir = (lambda: self.basetemp(f"optcheck-{recipe.name}")) if self.basetemp else None
         return RecipeRun(recipe, device=self.device, seed=seed, workdir=workdir, log=self.log,
                          cache=self.cache, threads=self.threads)
+
+    def retune_threads(self, recipes: int) -> None:
+        """After collection, with ``auto`` threads under xdist: a worker with idle siblings (fewer
+        recipes to build than workers) builds with their cores too. Cache keys hold the thread count,
+        so they are recomputed."""
+        if not self.threads_auto:
+            return
+        threads = worker_threads("auto", recipes)
+        if threads == self.threads:
+            return
+        self.threads = threads
+        for run in [*self.runs.values(), *self.extra_runs.values()]:
+            run.set_threads(threads)
 
     def relpath(self, path) -> str:
         try:
@@ -176,12 +190,13 @@ def make_basetemp(config: pytest.Config) -> Callable[[str], Path]:
     return make
 
 
-def worker_threads(setting: str) -> int | None:
-    """torch threads per process: ``auto`` splits the usable cores among the xdist workers."""
+def worker_threads(setting: str, recipes: int | None = None) -> int | None:
+    """torch threads per process: ``auto`` splits the usable cores among the xdist workers that
+    build at the same time (``schedule.threads_for``; every worker until the number of recipes to
+    build is known after collection)."""
     if setting == "auto":
+        from .schedule import threads_for
+
         workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
-        if workers <= 1:
-            return None
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, cores // workers)
+        return threads_for(workers, workers if recipes is None else recipes)
     return int(setting)

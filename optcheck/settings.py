@@ -14,14 +14,16 @@ import pytest
 LEDGER_NAME = "optcheck-ledger.toml"
 
 
-def threads_setting(config: pytest.Config) -> int | None:
+def threads_setting(config: pytest.Config) -> tuple[int | None, bool]:
+    """``(threads, auto)``: the thread count to start with, and whether it is ``auto`` (then an xdist
+    worker re-decides it after collection: ``OptcheckState.retune_threads``)."""
     from .session import worker_threads
 
     value = str(config.getoption("optcheck_threads") or config.getini("optcheck_threads")).strip()
     if value != "auto" and not (value.isdigit() and int(value) > 0):
         raise pytest.UsageError(f"optcheck threads = {value!r}: use a whole number > 0, or auto "
                                 f"(--optcheck-threads or the optcheck_threads ini value)")
-    return worker_threads(value)
+    return worker_threads(value), value == "auto"
 
 
 def open_cache(config: pytest.Config, state):

@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -43,16 +44,35 @@ class Metrics:
         return asdict(self)
 
 
-@dataclass
 class Artifact:
-    """What a stage produced: the model, its metrics and the files it wrote."""
+    """What a stage produced: the model, its metrics and the files it wrote.
 
-    stage: str
-    model: nn.Module
-    metrics: Metrics
-    path: Path | None = None  # the checkpoint that restores this model
-    files: dict[str, Path] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
+    From the cache, the model is loaded when something first asks for it (``load``): a check that
+    reads only the metrics (the ledger) or a verdict replayed from the cache never restores it, so a
+    warm session need not import Model Optimizer at all.
+    """
+
+    def __init__(self, stage: str, model: nn.Module | None, metrics: Metrics, path: Path | None = None,
+                 files: dict[str, Path] | None = None, info: dict[str, Any] | None = None, *,
+                 load: Callable[[], nn.Module] | None = None):
+        if model is None and load is None:
+            raise ValueError("an Artifact needs a model or a way to load it")
+        self.stage, self._model, self.metrics, self.path = stage, model, metrics, path  # path: restores it
+        self.files, self.info, self._load = dict(files or {}), dict(info or {}), load
+
+    @property
+    def model(self) -> nn.Module:
+        if self._model is None:
+            assert self._load is not None
+            self._model, self._load = self._load(), None
+        return self._model
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def __repr__(self) -> str:
+        return f"Artifact({self.stage!r}, {'loaded' if self.loaded else 'not loaded yet'}, {self.metrics})"
 
 
 @dataclass
@@ -252,15 +272,24 @@ def entry_meta(artifact: Artifact) -> dict[str, Any]:
     return {"metrics": artifact.metrics.as_dict(), "info": entry_meta_safe(artifact.info)}
 
 
-def load_artifact(ctx: Context, stage: str, files: dict[str, Path], meta: dict[str, Any]) -> Artifact:
-    """Rebuild an ``Artifact`` from a verified cache entry (the inverse of ``entry_meta`` + files)."""
-    metrics = Metrics(**meta["metrics"])
+def load_model(ctx: Context, stage: str, files: dict[str, Path]) -> nn.Module:
+    """The model of a verified cache entry (a state dict into a fresh model, or ``mto.restore``)."""
     if stage == "baseline":
         model = ctx.make_model()
         model.load_state_dict(torch.load(files["state_dict"], map_location=ctx.device, weights_only=True))
-        return Artifact(stage, model, metrics, files["state_dict"], dict(files), meta.get("info", {}))
+        return model
     if stage in ("pruned", "finetuned"):
         _, mto, _ = _modelopt()
-        model = mto.restore(ctx.make_model(), files["modelopt"], map_location=ctx.device)
-        return Artifact(stage, model, metrics, files["modelopt"], dict(files), meta.get("info", {}))
+        return mto.restore(ctx.make_model(), files["modelopt"], map_location=ctx.device)
     raise KeyError(f"stage {stage!r} is not cached")
+
+
+def load_artifact(ctx: Context, stage: str, files: dict[str, Path], meta: dict[str, Any],
+                  load: Callable[[], nn.Module] | None = None) -> Artifact:
+    """An ``Artifact`` from a verified cache entry (the inverse of ``entry_meta`` + files); its model
+    is loaded on first use, by ``load`` (default: ``load_model``)."""
+    if stage not in CACHED_STAGES:
+        raise KeyError(f"stage {stage!r} is not cached")
+    path = files["state_dict"] if stage == "baseline" else files["modelopt"]
+    return Artifact(stage, None, Metrics(**meta["metrics"]), path, dict(files), meta.get("info", {}),
+                    load=load or (lambda: load_model(ctx, stage, files)))

@@ -89,6 +89,15 @@ def test_accuracy_drop_on_a_dataloader(tiny_run):
                                  - tiny_run.artifact("finetuned").metrics.test_acc)
 
 
+def test_a_one_shot_iterator_is_refused_as_data(tiny_run):
+    """A generator would be exhausted by the first pass (the labels) and judge nothing after it."""
+    baseline = tiny_run.artifact("baseline").model
+    batches = list(tiny_run.ctx.test_loader)
+    with pytest.raises(TypeError, match="iterated more than once"):
+        assert_accuracy_at_least(baseline, (b for b in batches), 0.5)
+    assert assert_accuracy_at_least(baseline, batches, 0.5)["accuracy"] > 0.5  # a list of batches is fine
+
+
 def test_accuracy_arguments_are_checked():
     with pytest.raises(ValueError, match="fraction"):
         assert_accuracy_drop_under(0.9, 0.9, None, 2)

@@ -66,10 +66,16 @@ def test_loader_order_is_seeded():
 
 
 def test_loader_workers_are_seeded():
+    """A dataset without a batched transform goes through a DataLoader, with seeded workers."""
+    from optcheck.data import TensorImages
+
     data = build_data(DataConfig(dataset="synthetic", augment=["crop"]), seed=0)
+    per_sample = TensorImages(data.train.images, data.train.labels, data.train.transform)
 
     def batch(seed):
-        return next(iter(make_loader(data.train, 8, shuffle=True, seed=seed, num_workers=2)))[0]
+        loader = make_loader(per_sample, 8, shuffle=True, seed=seed, num_workers=2)
+        assert isinstance(loader, torch.utils.data.DataLoader)
+        return next(iter(loader))[0]
 
     assert torch.equal(batch(3), batch(3))
 
@@ -157,3 +163,66 @@ def test_user_factory(monkeypatch):
 def test_user_factory_import_error_names_the_field():
     with pytest.raises(RecipeError, match=r"field 'data.dataset': cannot import 'nope.mod:fn'"):
         build_data(DataConfig(dataset="nope.mod:fn"), seed=0, recipe_path="recipes/x.toml")
+
+
+def test_batched_loader_equals_torchvisions_per_sample_transform_without_augmentation():
+    """The reference: torchvision's Normalize on each sample, collated by a DataLoader."""
+    from optcheck.data import TensorBatches, TensorImages, _transforms
+
+    cfg = DataConfig(dataset="digits", augment=["crop"], options={"image_size": 16})
+    data = build_data(cfg, seed=0)
+    ds = data.test
+    batched = make_loader(ds, 64, shuffle=False, seed=0)
+    assert isinstance(batched, TensorBatches)
+    reference = _transforms(cfg, ds.batch_ops.mean, ds.batch_ops.std, 16, train=False)
+    per_sample = make_loader(TensorImages(ds.images, ds.labels, reference), 64, shuffle=False, seed=0)
+    assert len(batched) == len(per_sample) == 6
+    for (xa, ya), (xb, yb) in zip(batched, per_sample, strict=True):
+        assert torch.equal(ya, yb)
+        torch.testing.assert_close(xa, xb, rtol=0, atol=1e-6)
+
+
+def test_batched_augmentation_is_a_padded_crop_and_flip_of_each_image():
+    data = build_data(DataConfig(dataset="digits", augment=["crop", "hflip"], options={"image_size": 16}), seed=0)
+    ops = data.train.batch_ops
+    assert ops.crop_padding == 4 and ops.hflip
+    x = data.train.images[:64]
+    out = ops(x, torch.Generator().manual_seed(1))
+    mean, std = torch.tensor(ops.mean).view(1, -1, 1, 1), torch.tensor(ops.std).view(1, -1, 1, 1)
+    raw = out * std + mean  # undo the normalisation: each image is a window of its zero-padded self
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    shifts, flips = set(), 0
+    for i in range(len(x)):
+        windows = {(t, l): padded[i, :, t:t + 16, l:l + 16] for t in range(9) for l in range(9)}
+        hits = [(t, l, f) for (t, l), w in windows.items() for f in (False, True)
+                if torch.allclose(w.flip(-1) if f else w, raw[i], atol=1e-5)]
+        assert hits, f"image {i} is not a crop of its padded self"
+        shifts.add(hits[0][:2])
+        flips += hits[0][2] and not any(not f for _t, _l, f in hits)
+    assert len(shifts) > 10 and 10 < flips < 54  # random offsets, about half the images flipped
+
+
+def test_batched_loader_reshuffles_every_epoch_and_repeats_with_its_seed():
+    data = build_data(DataConfig(dataset="digits", augment=["crop"], options={"image_size": 16}), seed=0)
+
+    def epochs(seed):
+        loader = make_loader(data.train, 32, shuffle=True, seed=seed)
+        return [torch.cat([y for _x, y in loader]) for _ in range(2)], next(iter(loader))[0]
+
+    (a1, a2), xa = epochs(3)
+    (b1, b2), xb = epochs(3)
+    assert torch.equal(a1, b1) and torch.equal(a2, b2) and torch.equal(xa, xb)
+    assert not torch.equal(a1, a2)  # a new order each epoch
+    assert sorted(a1.tolist()) == sorted(data.train.labels.tolist())  # every sample once per epoch
+    (c1, _), _ = epochs(4)
+    assert not torch.equal(a1, c1)
+
+
+def test_a_subset_of_tensor_images_is_batched_too():
+    from optcheck.data import TensorBatches
+
+    data = build_data(DataConfig(dataset="digits", options={"image_size": 16}), seed=0)
+    subset = torch.utils.data.Subset(data.val, range(50))
+    loader = make_loader(subset, 16, shuffle=False, seed=0)
+    assert isinstance(loader, TensorBatches) and len(loader) == 4
+    assert torch.equal(torch.cat([y for _x, y in loader]), data.val.labels[:50])

@@ -68,7 +68,7 @@ def test_training_learns_and_is_reproducible():
         val = make_loader(data.val, 64, shuffle=False, seed=0)
         before = evaluate(model, val)[0]
         history = train(model, make_loader(data.train, 32, shuffle=True, seed=0), val,
-                        Schedule(epochs=3, lr=0.05, warmup_epochs=0.5))
+                        Schedule(epochs=6, lr=0.05, warmup_epochs=0.5))
         return model, before, history
 
     model_a, before, history = run()

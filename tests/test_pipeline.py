@@ -68,7 +68,8 @@ def test_a_stage_built_after_cached_ones_equals_one_built_in_sequence(tiny_run, 
     (tmp_path / "b").mkdir()
     second = RecipeRun(tiny_run.recipe, device="cpu", seed=0, cache=cache, workdir=lambda: tmp_path / "b")
     rebuilt = second.artifact("finetuned")
-    assert [second.events[s]["cache"] for s in ("baseline", "pruned", "finetuned")] == ["hit", "hit", "built"]
+    assert [second.events[s]["cache"] for s in ("pruned", "finetuned")] == ["hit", "built"]
+    assert "baseline" not in second.events  # a cache hit needs no parent: the baseline was not even loaded
     for run in (first, tiny_run):  # with and without a cache, in one sequence
         assert rebuilt.metrics.test_acc == run.artifacts["finetuned"].metrics.test_acc
         assert rebuilt.metrics.val_acc == run.artifacts["finetuned"].metrics.val_acc
@@ -96,8 +97,12 @@ def test_an_entry_that_verifies_but_does_not_load_is_quarantined_and_rebuilt(tin
                                                           if k in ("metrics", "info", "recipe", "key_material")})
     (tmp_path / "b").mkdir()
     second = RecipeRun(tiny_run.recipe, device="cpu", seed=0, cache=cache, workdir=lambda: tmp_path / "b")
+    rebuilt = second.artifact("finetuned")
+    assert not rebuilt.loaded  # from the cache, the model is loaded when first needed
     with pytest.warns(CacheWarning, match=r"finetuned.*could not be loaded"):
-        rebuilt = second.artifact("finetuned")
-    assert second.events["finetuned"]["cache"] == "built"
+        model = rebuilt.model
+    assert second.events["finetuned"]["cache"] == "rebuilt (entry did not load)"
     assert rebuilt.metrics.test_acc == good.metrics.test_acc
+    assert model is second.artifact("finetuned").model
+    assert cache.load("finetuned", key) is not None  # stored again
     assert len(list((tmp_path / "cache" / "quarantine").iterdir())) == 1

@@ -112,32 +112,32 @@ def test_a_baseline_that_learned_nothing_fails_its_floor_and_the_other_checks_st
 
 
 def test_accuracy_rule_assured_under_needs_the_whole_interval_under_the_budget(project, monkeypatch):
-    # the tiny recipe measures a drop of 0.00 pp with a 95% CI of about [-9, +9] pp (48 test images):
-    # under 5 pp on the point estimate, not on the upper bound
+    # the tiny recipe measures a drop of 8.33 pp (4 of 48 test images) with a 95% CI reaching about +19 pp:
+    # under 12 pp on the point estimate, not on the upper bound
     recipe = project.path / "recipes" / "tiny.toml"
-    recipe.write_text(tiny_recipe(budgets='accuracy_drop_under = 0.05\naccuracy_rule = "point"\n'))
+    recipe.write_text(tiny_recipe(budgets='accuracy_drop_under = 0.12\naccuracy_rule = "point"\n'))
     point = project.runpytest_inprocess("--optcheck")
     point.assert_outcomes(passed=2)
     point.stdout.fnmatch_lines(["accuracy_drop_under: drop * pp, 95% CI [[]*] pp (n=48; *); "
-                                "rule point: pass when the observed drop <= 5.00 pp -> pass"])
-    recipe.write_text(tiny_recipe(budgets='accuracy_drop_under = 0.05\naccuracy_rule = "assured_under"\n'))
+                                "rule point: pass when the observed drop <= 12.00 pp -> pass"])
+    recipe.write_text(tiny_recipe(budgets='accuracy_drop_under = 0.12\naccuracy_rule = "assured_under"\n'))
     summary = project.path / "summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     assured = project.runpytest_inprocess("--optcheck")  # the same models, from the cache
     assured.assert_outcomes(passed=1, failed=1)
     assured.stdout.fnmatch_lines([
         "optcheck budget 'accuracy_drop_under' failed",
-        "  drop      : * pp, allowed 5.00 pp",
+        "  drop      : * pp, allowed 12.00 pp",
         "  95% CI    : [[]*] pp (paired: * images only the baseline got right, * only the candidate)",
-        "  rule      : assured_under: pass only when the upper bound <= 5.00 pp -> fail",
+        "  rule      : assured_under: pass only when the upper bound <= 12.00 pp -> fail",
         "checks: baseline_accuracy_at_least passed, accuracy_drop_under failed",
         "accuracy_drop_under: drop * pp, 95% CI [[]*] pp (n=48; *); "
-        "rule assured_under: pass only when the upper bound <= 5.00 pp -> fail",
+        "rule assured_under: pass only when the upper bound <= 12.00 pp -> fail",
     ])
     assert "building baseline" not in assured.stdout.str()
     md = summary.read_text()
     assert "| accuracy_drop_under | ❌ failed | drop " in md
-    assert "rule assured_under: pass only when the upper bound <= 5.00 pp -> fail; " \
+    assert "rule assured_under: pass only when the upper bound <= 12.00 pp -> fail; " \
            "optcheck budget 'accuracy_drop_under' failed |" in md
 
 

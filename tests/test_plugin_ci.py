@@ -51,8 +51,13 @@ def test_cache_second_run_builds_nothing_and_no_cache_builds_everything(project)
     second.assert_outcomes(passed=4)
     out = second.stdout.str()
     assert "building baseline" not in out and "building pruned" not in out and "building finetuned" not in out
-    second.stdout.fnmatch_lines(["cache: baseline cache hit; pruned cache hit; finetuned cache hit"])
-    assert "building restored" in out  # the round trip itself is never cached
+    second.stdout.fnmatch_lines(["cache: baseline cache hit; pruned cache hit; finetuned cache hit; verdicts of "
+                                 "baseline_accuracy_at_least, flops_below, accuracy_drop_under, restore_roundtrip "
+                                 "from the cache*"])
+    assert "building restored" not in out  # replayed verdicts load no model: no round trip either
+    live = project.runpytest_inprocess("--optcheck", "--optcheck-ledger", "off", "--optcheck-rebuild")
+    live.assert_outcomes(passed=4)
+    assert "building restored" in live.stdout.str()  # judged live: the round trip itself is never cached
     off = project.runpytest_inprocess("--optcheck", "--optcheck-ledger", "off", "--optcheck-no-cache")
     off.assert_outcomes(passed=4)
     assert "tiny: building baseline" in off.stdout.str() and "optcheck cache: off (--optcheck-no-cache)" in off.stdout.str()
@@ -78,6 +83,9 @@ def test_a_corrupted_entry_is_rebuilt_with_a_warning_in_the_session(project):
     project.runpytest_inprocess("--optcheck", "--optcheck-ledger", "off").assert_outcomes(passed=4)
     [entry] = (project.path / ".optcheck" / "cache" / "entries" / "finetuned").iterdir()
     (entry / "modelopt.pth").write_bytes(b"garbage")
+    import shutil
+
+    shutil.rmtree(project.path / ".optcheck" / "cache" / "entries" / "verdicts")  # else replayed: no model read
     result = project.runpytest_inprocess("--optcheck", "--optcheck-ledger", "off", "-W",
                                          "always::optcheck.cache.CacheWarning")
     result.assert_outcomes(passed=4)
@@ -236,11 +244,14 @@ def test_under_xdist_each_artifact_is_built_once_and_reports_merge(project):
     doc = json.loads(report.read_text())
     [recipe] = doc["recipes"]
     assert doc["meta"]["workers"] == 2
-    assert recipe["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)  # the cores split among the workers
+    # one recipe builds: its worker takes every core (the other worker has nothing to build)
+    assert recipe["threads"] == len(os.sched_getaffinity(0))
+    workers = set()
     for stage in ("baseline", "pruned", "finetuned"):
         events = recipe["stages"][stage]["events"]
         assert [e["cache"] for e in events].count("built") == 1, (stage, events)
-        assert {e["worker"] for e in events} <= {"gw0", "gw1"}
+        workers |= {e["worker"] for e in events}
+    assert len(workers) == 1 and workers <= {"gw0", "gw1"}  # one recipe's items stay on one worker
     assert len(recipe["verdicts"]) == 7 and all(v["outcome"] == "passed" for v in recipe["verdicts"].values())
     assert "[tiny.cpu.finetuned]" in (project.path / LEDGER).read_text()  # written once, by the controller
 
@@ -257,3 +268,87 @@ def test_the_step_summary_shows_a_failed_check_and_its_ledger_delta(project, mon
     md = summary.read_text()
     assert "| ledger[baseline] | ❌ failed | [tiny.cpu.baseline] differs from the ledger" in md
     assert "FLOPs +100, params ±0 ❌" in md
+
+
+def _workers_by_recipe(stdout: str) -> dict[str, set[str]]:
+    """From ``-v`` under xdist ("[gw0] [ 14%] PASSED recipes/a.toml::flops_below"): recipe -> workers."""
+    import re
+
+    out: dict[str, set[str]] = {}
+    for worker, nodeid in re.findall(r"\[(gw\d+)\] \[\s*\d+%\] \w+ (\S+)", stdout):
+        out.setdefault(nodeid.split("::")[0], set()).add(worker)
+    return out
+
+
+def test_under_xdist_each_recipe_runs_on_one_worker_and_recipes_build_side_by_side(project):
+    """xdist's default ``--dist load`` would spread one recipe's items over the workers, and each
+    worker would load (with --optcheck-no-cache: train) the same artifacts: optcheck's scheduler keeps
+    a recipe on one worker and puts two recipes on two workers at once."""
+    (project.path / "recipes" / "other.toml").write_text(tiny_recipe().replace('seed = 0', 'seed = 1'))
+    report = project.path / "report.json"
+    result = project.runpytest_subprocess("--optcheck", "-n", "2", "-v", "--optcheck-no-cache",
+                                          "--optcheck-ledger", "off", "--optcheck-report", str(report),
+                                          "-p", "no:cacheprovider", timeout=600)
+    result.assert_outcomes(passed=8)
+    placed = _workers_by_recipe(result.stdout.str())
+    assert set(placed) == {"recipes/tiny.toml", "recipes/other.toml"}, result.stdout.str()
+    assert all(len(w) == 1 for w in placed.values()), placed
+    assert placed["recipes/tiny.toml"] != placed["recipes/other.toml"], placed  # built side by side
+    doc = json.loads(report.read_text())
+    for recipe in doc["recipes"]:  # two recipes build at once: the cores are shared between them
+        assert recipe["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
+        events = [e for s in ("baseline", "pruned", "finetuned") for e in recipe["stages"][s]["events"]]
+        assert [e["cache"] for e in events].count("off") == 3, events  # built once, without a cache
+
+
+def test_an_explicit_dist_mode_is_respected(project):
+    """``--dist load`` on the command line: the user chose xdist's own scheduling (items spread)."""
+    result = project.runpytest_subprocess("--optcheck", "-n", "2", "--dist", "load", "-v",
+                                          "--optcheck-ledger", "off", "-p", "no:cacheprovider", timeout=600)
+    result.assert_outcomes(passed=4)
+    assert _workers_by_recipe(result.stdout.str())["recipes/tiny.toml"] == {"gw0", "gw1"}
+
+
+WHAT_WAS_IMPORTED = '''
+import json, os, sys
+
+def pytest_sessionfinish(session):
+    with open(os.environ["IMPORTED_REPORT"], "w") as fh:
+        json.dump({m: m in sys.modules for m in ("torch", "modelopt", "sklearn", "torchvision")}, fh)
+'''
+
+
+def test_a_warm_session_replays_verdicts_without_importing_model_optimizer(project, monkeypatch):
+    """Nothing a verdict depends on changed: it is replayed from the cache (said in the summary and
+    the JSON report), no model is loaded, and Model Optimizer, scikit-learn and torchvision are not
+    even imported. A failed verdict replays as the same failure; a changed budget is judged live."""
+    (project.path / "conftest.py").write_text(WHAT_WAS_IMPORTED)
+    report = project.path / "imported.json"
+    monkeypatch.setenv("IMPORTED_REPORT", str(report))
+    args = ("--optcheck", "--optcheck-ledger", "off", "-p", "no:cacheprovider", "-p", "no:hypothesispytest")
+    project.runpytest_subprocess(*args, timeout=600).assert_outcomes(passed=4)
+    assert json.loads(report.read_text())["modelopt"] is True  # the cold session built with it
+    warm = project.runpytest_subprocess(*args, "--optcheck-report", "r.json", timeout=600)
+    warm.assert_outcomes(passed=4)
+    out = warm.stdout.str()
+    assert "building" not in out and "from the cache (nothing they depend on changed" in out
+    assert json.loads(report.read_text()) == {"torch": True, "modelopt": False, "sklearn": False,
+                                              "torchvision": False}
+    [recipe] = json.loads((project.path / "r.json").read_text())["recipes"]
+    assert all(v["details"]["verdict_cache"] == "hit" for v in recipe["verdicts"].values())
+    # a tighter FLOPs budget: a new verdict key, judged live, and it fails with its numbers
+    path = project.path / "recipes" / "tiny.toml"
+    path.write_text(path.read_text().replace('flops_below = "70%"', 'flops_below = "5%"'))
+    tight = project.runpytest_subprocess(*args, timeout=600)
+    tight.assert_outcomes(passed=3, failed=1)
+    message = [line for line in tight.stdout.lines if "FLOPs" in line and "5%" in line
+               and not line.startswith("[optcheck]")]
+    assert message and json.loads(report.read_text())["modelopt"] is True  # measured: the model was loaded
+    # the same failure again, replayed from the cache: still a failure, with the same message
+    again = project.runpytest_subprocess(*args, timeout=600)
+    again.assert_outcomes(passed=3, failed=1)
+    assert message[0] in again.stdout.lines and json.loads(report.read_text())["modelopt"] is False
+    # --optcheck-rebuild: entries of earlier sessions (verdicts too) do not count
+    rebuilt = project.runpytest_subprocess(*args, "--optcheck-rebuild", timeout=600)
+    rebuilt.assert_outcomes(passed=3, failed=1)
+    assert "from the cache (nothing" not in rebuilt.stdout.str()

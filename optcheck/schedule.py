@@ -1,0 +1,59 @@
+"""Where each check runs under pytest-xdist, and how many threads a worker's builds get.
+
+One recipe's checks all need the same artifacts (baseline, subnet, ...). Spread over workers, every
+worker would import, load and restore them, and with ``--optcheck-no-cache`` train them again. So
+under ``-n N`` (xdist's default ``--dist load``) optcheck hands xdist a scheduler that keeps the
+items of one recipe file together on one worker and spreads the recipes over the workers; every
+other test is its own unit, as under ``load``.
+
+xdist's own ``--dist loadgroup`` with the ``xdist_group`` marker the items also carry would do the
+grouping, but on pytest 9.2 + xdist 3.8 it silently groups nothing (pytest-dev/pytest-xdist#1386:
+the node-id rewrite it relies on no longer takes effect), and the README's ``-n auto`` does not
+select it anyway. An explicit ``--dist`` on the command line is respected.
+
+Threads: with fewer recipes to build than workers, a worker that builds alone should use the idle
+cores. ``threads_for`` gives a worker ``cores // min(workers, recipes to build)``.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def recipe_scope(nodeid: str) -> str:
+    """The unit of work a node id belongs to: its recipe file for an optcheck item
+    (``recipes/a.toml::flops_below`` -> ``recipes/a.toml``), the node id itself otherwise."""
+    path = nodeid.split("::", 1)[0]
+    return path if path.endswith(".toml") else nodeid
+
+
+def explicit_dist(args: list[str]) -> bool:
+    """Did the command line choose a distribution mode (``--dist X``, ``--dist=X``, ``-d``)?"""
+    return any(a == "--dist" or a.startswith("--dist=") or a == "-d" for a in args)
+
+
+def make_scheduler(config, log):
+    """A ``LoadScopeScheduling`` whose scopes are recipe files (``recipe_scope``)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RecipeScheduling(LoadScopeScheduling):
+        """Items of one recipe file on one worker; other tests one by one, as under ``load``."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return recipe_scope(nodeid)
+
+    return RecipeScheduling(config, log)
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def threads_for(workers: int, recipes: int, cores: int | None = None) -> int | None:
+    """torch threads for a worker's builds: the cores shared among the workers that build at the same
+    time (at most one per recipe). None (torch's default) outside xdist."""
+    if workers <= 1:
+        return None
+    cores = cores or usable_cores()
+    busy = max(1, min(workers, recipes))
+    return max(1, cores // busy)

@@ -1,0 +1,44 @@
+"""The xdist unit of work and the thread split (``optcheck/schedule.py``); the scheduler itself runs
+under ``-n 2`` in tests/test_plugin_ci.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from optcheck.schedule import explicit_dist, recipe_scope, threads_for
+
+
+@pytest.mark.parametrize(("nodeid", "scope"), [
+    ("recipes/a.toml::flops_below", "recipes/a.toml"),
+    ("recipes/a.toml::ledger[baseline]", "recipes/a.toml"),
+    ("recipes/sub/b.toml::quantized::size_below", "recipes/sub/b.toml"),
+    ("tests/test_x.py::test_one", "tests/test_x.py::test_one"),
+    ("tests/test_x.py::TestA::test_one[1]", "tests/test_x.py::TestA::test_one[1]"),
+])
+def test_a_recipes_items_share_one_scope_and_other_tests_are_their_own(nodeid, scope):
+    assert recipe_scope(nodeid) == scope
+
+
+@pytest.mark.parametrize(("args", "explicit"), [
+    (["--optcheck", "-n", "auto"], False),
+    (["--optcheck", "-n", "2", "--dist", "load"], True),
+    (["-n", "2", "--dist=loadfile"], True),
+    (["-n", "2", "-d"], True),
+    (["--distload"], False),
+])
+def test_an_explicit_dist_is_recognised(args, explicit):
+    assert explicit_dist(args) is explicit
+
+
+@pytest.mark.parametrize(("workers", "recipes", "cores", "threads"), [
+    (0, 3, 2, None),  # not under xdist: torch's default
+    (1, 3, 8, None),
+    (2, 1, 2, 2),  # one recipe builds: its worker takes both cores
+    (2, 2, 2, 1),
+    (2, 5, 2, 1),
+    (4, 2, 8, 4),
+    (4, 0, 8, 8),  # nothing builds (all skipped): no split needed
+    (8, 8, 2, 1),  # never below one
+])
+def test_threads_share_the_cores_among_workers_that_build(workers, recipes, cores, threads):
+    assert threads_for(workers, recipes, cores) == threads
