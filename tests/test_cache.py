@@ -171,7 +171,9 @@ def test_two_processes_racing_for_one_artifact_build_it_once(tmp_path):
         outs.append(json.loads(out.strip().splitlines()[-1]))
     for stage in ("baseline", "pruned", "finetuned"):
         outcomes = sorted(o[stage][0] for o in outs)
-        assert outcomes == ["built", "hit (built by another process)"], (stage, outs)
+        # one builds; the other waited on the lock ("built by another process") or, if the shared data
+        # lock staggered the two, found the entry already published ("hit")
+        assert outcomes[0] == "built" and outcomes[1].startswith("hit"), (stage, outs)
         assert outs[0][stage][1] == outs[1][stage][1]  # and both see the same model
     assert len(list((tmp_path / "c" / "entries" / "baseline").iterdir())) == 1
 
