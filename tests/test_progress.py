@@ -52,7 +52,9 @@ def under_xdist(project):
 def test_worker_progress_reaches_the_controller_under_xdist(under_xdist):
     out = under_xdist.stdout
     assert under_xdist.returncode == 0, out[-4000:] + under_xdist.stderr[-2000:]
-    lines = [ln for ln in out.splitlines() if ln.startswith("[optcheck gw")]
+    # the relay thread writes while pytest's main thread prints progress characters: a line may start
+    # after a "." on the same terminal line, so each relayed line is looked for from its tag on
+    lines = ["[optcheck gw" + part for ln in out.splitlines() for part in ln.split("[optcheck gw")[1:]]
     text = "\n".join(lines)
     assert any("tiny: building baseline" in ln for ln in lines), out[-4000:]
     assert any("baseline: epoch 1/6" in ln and "s/epoch, ETA" in ln for ln in lines), text  # ETA once an epoch ran
