@@ -30,7 +30,8 @@ def child(recipe_path: str, state: str, score: str, threads: int) -> None:
     from optcheck.numerics import fingerprint
     from optcheck.pipeline import RecipeRun
     from optcheck.recipe import load_recipe
-    from optcheck.stages import Artifact, fastnas_prune
+    from optcheck.stages import Artifact
+    from optcheck.steps.fastnas import build as fastnas_build
 
     recipe = load_recipe(recipe_path)
     with tempfile.TemporaryDirectory() as tmp:
@@ -40,7 +41,7 @@ def child(recipe_path: str, state: str, score: str, threads: int) -> None:
         model.load_state_dict(torch.load(state, weights_only=True))
         base = Artifact("baseline", model, ctx.measure(model, None, 0.0))
         step = recipe.step("fastnas").model_copy(update={"score": score})
-        pruned = fastnas_prune(ctx, base, step)
+        pruned = fastnas_build(ctx, base, step, lambda _stage: base)
         print(json.dumps({"flops": pruned.metrics.flops, "params": pruned.metrics.params,
                           "test_acc": pruned.metrics.test_acc, "fp": fingerprint()}))
 

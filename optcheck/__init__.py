@@ -13,6 +13,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "assert_flops_below": "optcheck.assertions",
     "assert_params_below": "optcheck.assertions",
+    "assert_size_below": "optcheck.assertions",
+    "assert_sparsity_at_least": "optcheck.assertions",
     "assert_accuracy_drop_under": "optcheck.assertions",
     "assert_restore_roundtrip": "optcheck.assertions",
     "assert_same_model": "optcheck.assertions",
@@ -21,6 +23,8 @@ _LAZY = {
     "paired_accuracy_drop": "optcheck.assertions",
     "count_flops": "optcheck.measure",
     "count_params": "optcheck.measure",
+    "weight_bytes": "optcheck.measure",
+    "sparsity": "optcheck.measure",
     "load_recipe": "optcheck.recipe",
     "RecipeError": "optcheck.errors",
     "DatasetMissing": "optcheck.errors",
@@ -30,9 +34,10 @@ __all__ = sorted(_LAZY)
 if TYPE_CHECKING:
     from .assertions import (assert_accuracy_at_least, assert_accuracy_drop_under, assert_flops_below,
                              assert_paired_drop_under, assert_params_below, assert_restore_roundtrip,
-                             assert_same_model, paired_accuracy_drop)
+                             assert_same_model, assert_size_below, assert_sparsity_at_least,
+                             paired_accuracy_drop)
     from .errors import DatasetMissing, RecipeError
-    from .measure import count_flops, count_params
+    from .measure import count_flops, count_params, sparsity, weight_bytes
     from .recipe import load_recipe
 
 

@@ -83,6 +83,43 @@ def assert_params_below(model: Any, limit: object, *, reference: Any = None) -> 
                         "the pruned subnet and not the baseline")
 
 
+def assert_size_below(model: Any, limit: object, *, reference: Any = None) -> float:
+    """Fail unless ``model``'s parameters take at most ``limit`` bytes at their real bit-widths
+    (``measure.weight_bytes``: a Model Optimizer weight quantizer's ``num_bits`` plus its scales, fp32
+    otherwise). ``limit`` is a number of bytes or ``"N%"`` of ``reference`` (a model or a byte count,
+    usually the fp32 baseline). Returns the measured bytes."""
+    __tracebackhide__ = True
+    from .measure import weight_bytes
+
+    check_limit(limit)
+    ref = _reference_value(reference, weight_bytes)
+    return _check_below("size_below", " B", weight_bytes(model), limit, ref,
+                        "quantize more of the model (a weight quantizer disabled or missing counts as fp32), "
+                        "prune it further, or check that the model given is the compressed one")
+
+
+def assert_sparsity_at_least(model: Any, minimum: float) -> float:
+    """Fail unless at least ``minimum`` (a fraction) of the weights of ``model``'s sparsified layers
+    are zero (``measure.sparsity``; 0.5 for 2:4). A model with no sparsified layer fails: its masks
+    were never applied, or were lost on save / restore. Returns the measured fraction."""
+    __tracebackhide__ = True
+    from .measure import sparsity
+
+    if not 0 < minimum <= 1:
+        raise ValueError(f"sparsity_at_least: {minimum!r} must be a fraction in (0, 1]")
+    got = sparsity(model)
+    if got is None:
+        _fail("sparsity_at_least", [("measured", "no sparsified layer (no Model Optimizer sparse module whose "
+                                                  "mask removes a weight)"), ("limit", f">= {minimum:.1%} zeros")],
+              "check that mts.sparsify ran on this model and that its masks survived mto.save / mto.restore "
+              "(the modelopt_state must hold the sparsity mode)")
+    if got + 1e-12 >= minimum:
+        return got
+    _fail("sparsity_at_least", [("measured", f"{got:.2%} of the sparsified layers' weights are zero"),
+                                ("limit", f">= {minimum:.2%}"), ("short by", f"{(minimum - got) * 100:.2f} pp")],
+          "a 2:4 pattern gives 50%: check the sparsify step's method and that fine-tuning kept the masks")
+
+
 def _accuracy(subject: Any, data: Any, role: str) -> tuple[float, int | None]:
     __tracebackhide__ = True
     if isinstance(subject, (int, float)) and not isinstance(subject, bool):

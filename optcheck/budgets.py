@@ -1,19 +1,127 @@
-"""Each recipe budget is judged by one public assertion on the run's artifacts."""
+"""Each recipe budget is judged by one public assertion on one stage's artifact.
+
+A budget is ``(stage, name)``: ``stage`` None is ``[budgets]``, which judges the final stage (and the
+baseline's own floor, ``baseline_accuracy_at_least``); ``[budgets.<stage>]`` judges that stage. The
+reference of every relative limit and of every accuracy drop is the baseline (the plan's first
+stage). One function per budget, all over one routine (``check_budget``), as pytest-regressions
+has one module per check over one shared routine.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from .assertions import (assert_accuracy_at_least, assert_flops_below, assert_paired_drop_under,
-                         assert_params_below, assert_restore_roundtrip, assert_same_model,
-                         paired_accuracy_drop)
 from .pipeline import RecipeRun
 
 
-def check_budget(name: str, run: RecipeRun, seed_runs: Callable[[], list[RecipeRun]] | None = None,
+@dataclass(frozen=True)
+class Judged:
+    """What a judge is given: the run, the stage it judges, the limit, and the seed runs."""
+
+    run: RecipeRun
+    stage: str
+    limit: Any
+    seed_runs: Callable[[], list[RecipeRun]]
+    record: dict[str, Any]
+
+    @property
+    def subject(self):
+        return self.run.artifact(self.stage)
+
+    @property
+    def baseline(self):
+        return self.run.artifact(self.run.root_stage())
+
+
+def _floor(j: Judged) -> dict[str, Any]:
+    from .assertions import assert_accuracy_at_least
+
+    acc = assert_accuracy_at_least(j.baseline.model, j.run.ctx.test_loader, j.limit)
+    return {"baseline_acc": acc["accuracy"], "floor": acc["floor"], "chance": acc["chance"], "explain": acc["explain"]}
+
+
+def _flops(j: Judged) -> dict[str, Any]:
+    from .assertions import assert_flops_below
+
+    flops = assert_flops_below(j.subject.model, j.limit, dummy_input=j.run.ctx.dummy_input(),
+                               reference=j.baseline.metrics.flops)
+    return {"flops": int(flops), "baseline_flops": j.baseline.metrics.flops}
+
+
+def _params(j: Judged) -> dict[str, Any]:
+    from .assertions import assert_params_below
+
+    params = assert_params_below(j.subject.model, j.limit, reference=j.baseline.metrics.params)
+    return {"params": int(params), "baseline_params": j.baseline.metrics.params}
+
+
+def _size(j: Judged) -> dict[str, Any]:
+    from .assertions import assert_size_below
+    from .measure import weight_bytes
+
+    reference = j.baseline.metrics.size_bytes or weight_bytes(j.baseline.model)
+    size = assert_size_below(j.subject.model, j.limit, reference=reference)
+    return {"size_bytes": int(size), "baseline_size_bytes": int(reference)}
+
+
+def _sparsity(j: Judged) -> dict[str, Any]:
+    from .assertions import assert_sparsity_at_least
+
+    return {"sparsity": assert_sparsity_at_least(j.subject.model, j.limit)}
+
+
+def _accuracy_drop(j: Judged) -> dict[str, Any]:
+    from .assertions import assert_paired_drop_under, paired_accuracy_drop
+    from .stats import decide, mean_drop
+
+    budgets = j.run.recipe.budgets
+    runs = j.seed_runs() if j.run.recipe.seeds else [j.run]
+    drops = [paired_accuracy_drop(r.artifact(r.root_stage()).model, r.artifact(j.stage).model, r.ctx.test_loader,
+                                  budgets.confidence) for r in runs]
+    drop = drops[0] if len(drops) == 1 else mean_drop(drops, budgets.confidence)
+    measured = {"accuracy_drop": drop.drop, "ci_low": drop.low, "ci_high": drop.high,
+                "rule": budgets.accuracy_rule, "test_n": drops[0].n, "seeds": len(drops),
+                "explain": decide(drop, j.limit, budgets.accuracy_rule).explain()}
+    j.record.update(measured)  # before judging: a failed budget still reports its interval and rule
+    assert_paired_drop_under(drop, j.limit, rule=budgets.accuracy_rule, budget="accuracy_drop_under")
+    return measured
+
+
+def _roundtrip(j: Judged) -> dict[str, Any]:
+    """``mto.save`` of the stage's model, ``mto.restore`` into a freshly built model, compared."""
+    from .assertions import assert_restore_roundtrip
+
+    tol = {} if j.limit is True else {"atol": j.limit.atol, "rtol": j.limit.rtol}
+    ctx = j.run.ctx
+    example = next(iter(ctx.test_loader))[0][:8].to(ctx.device)
+    assert_restore_roundtrip(j.subject.model, ctx.make_model, example_input=example, **tol)
+    return {"roundtrip": "exact" if not tol else tol}
+
+
+JUDGES: dict[str, Callable[[Judged], dict[str, Any]]] = {
+    "baseline_accuracy_at_least": _floor,
+    "flops_below": _flops,
+    "params_below": _params,
+    "size_below": _size,
+    "sparsity_at_least": _sparsity,
+    "accuracy_drop_under": _accuracy_drop,
+    "restore_roundtrip": _roundtrip,
+}
+
+
+def budget_id(stage: str | None, name: str) -> str:
+    """How a budget is named in node ids, reports and the verdict cache: ``name`` for [budgets],
+    ``stage::name`` for [budgets.<stage>]."""
+    return name if stage is None else f"{stage}::{name}"
+
+
+def check_budget(budget: str | tuple[str | None, str], run: RecipeRun,
+                 seed_runs: Callable[[], list[RecipeRun]] | None = None,
                  record: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Judge budget ``name`` of ``run``'s recipe; raises ``AssertionError`` when it is broken.
+    """Judge one budget of ``run``'s recipe: ``name`` of [budgets], or ``(stage, name)``; raises
+    ``AssertionError`` when it is broken.
 
     ``seed_runs()`` gives one run per seed of a recipe with ``seeds = [...]`` (``run`` first): the
     accuracy budgets are then judged on the mean drop over them. Returns the measured values (for
@@ -21,46 +129,10 @@ def check_budget(name: str, run: RecipeRun, seed_runs: Callable[[], list[RecipeR
     judges, so a failed one still reports its interval and rule.
     """
     __tracebackhide__ = True
-    budgets = run.recipe.budgets
-    limit = getattr(budgets, name)
-    baseline = run.artifact("baseline")
-    ctx = run.ctx
-    if name == "baseline_accuracy_at_least":
-        acc = assert_accuracy_at_least(baseline.model, ctx.test_loader, limit)
-        return {"baseline_acc": acc["accuracy"], "floor": acc["floor"], "chance": acc["chance"],
-                "explain": acc["explain"]}
-    if name == "flops_below":
-        final = run.artifact(run.final_stage())
-        flops = assert_flops_below(final.model, limit, dummy_input=ctx.dummy_input(),
-                                   reference=baseline.metrics.flops)
-        return {"flops": int(flops), "baseline_flops": baseline.metrics.flops}
-    if name == "params_below":
-        final = run.artifact(run.final_stage())
-        params = assert_params_below(final.model, limit, reference=baseline.metrics.params)
-        return {"params": int(params), "baseline_params": baseline.metrics.params}
-    if name in ("accuracy_drop_under", "pre_finetune_drop_under"):
-        from .stats import decide, mean_drop
-
-        stage = run.final_stage() if name == "accuracy_drop_under" else "restored"
-        runs = seed_runs() if seed_runs is not None and run.recipe.seeds else [run]
-        drops = [paired_accuracy_drop(r.artifact("baseline").model, r.artifact(stage).model, r.ctx.test_loader,
-                                      budgets.confidence) for r in runs]
-        drop = drops[0] if len(drops) == 1 else mean_drop(drops, budgets.confidence)
-        measured = {"accuracy_drop": drop.drop, "ci_low": drop.low, "ci_high": drop.high,
-                    "rule": budgets.accuracy_rule, "test_n": drops[0].n, "seeds": len(drops),
-                    "explain": decide(drop, limit, budgets.accuracy_rule).explain()}
-        if record is not None:
-            record.update(measured)
-        assert_paired_drop_under(drop, limit, rule=budgets.accuracy_rule, budget=name)
-        return measured
-    if name == "restore_roundtrip":
-        tol = {} if limit is True else {"atol": limit.atol, "rtol": limit.rtol}
-        example = next(iter(ctx.test_loader))[0][:8].to(ctx.device)
-        # the pipeline's own restore: the pruned subnet rebuilt from its checkpoint
-        assert_same_model(run.artifact("pruned").model, run.artifact("restored").model,
-                          example_input=example, **tol)
-        # and the final model through a fresh mto.save / mto.restore
-        final = run.artifact(run.final_stage())
-        assert_restore_roundtrip(final.model, ctx.make_model, example_input=example, **tol)
-        return {"roundtrip": "exact" if not tol else tol}
-    raise KeyError(f"unknown budget {name!r}")
+    stage, name = (None, budget) if isinstance(budget, str) else budget
+    if name not in JUDGES:
+        raise KeyError(f"unknown budget {name!r}")
+    limit = getattr(run.recipe.budgets.table(stage), name)
+    target = run.final_stage() if stage is None else stage
+    judged = Judged(run, target, limit, seed_runs or (lambda: [run]), record if record is not None else {})
+    return JUDGES[name](judged)

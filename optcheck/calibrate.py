@@ -236,8 +236,8 @@ def calibrate_recipes(paths: list[Path], count: int, *, ledger_path: Path, devic
 
     A recipe whose data is missing is skipped; one whose variants fail is reported, not written.
     """
-    from .ledger import STAGES, write_updates
-    from .pipeline import FIXED_ARCHITECTURE
+    from .ledger import write_updates
+    from .pipeline import RecipeRun
     from .recipe import load_recipe
 
     done: list[Calibration] = []
@@ -262,9 +262,11 @@ def calibrate_recipes(paths: list[Path], count: int, *, ledger_path: Path, devic
             done.append(cal)
             continue
         platform = runs[0]["platform"]
-        stages = [s for s in STAGES if s in runs[0]["stages"]]
-        cal = calibration_entries(recipe.name, platform, runs, stages, lambda s: s in FIXED_ARCHITECTURE)
-        write_updates(ledger_path, {(recipe.name, platform, s): e for s, e in cal.entries.items()})
+        plan = RecipeRun(recipe)  # its plan only: nothing is built
+        stages = [s for s in plan.available_stages() if s in runs[0]["stages"]]
+        cal = calibration_entries(recipe.name, platform, runs, stages, plan.fixed_architecture)
+        write_updates(ledger_path, {(recipe.name, platform, s): e for s, e in cal.entries.items()},
+                      {recipe.name: plan.available_stages()})
         for line in cal.summary():
             log(line)
         log(f"calibration of {display(path)} written to {display(ledger_path)}")
@@ -286,7 +288,6 @@ def _worker(argv: list[str] | None = None) -> None:
 
     from .cache import ArtifactCache
     from .errors import DatasetMissing
-    from .ledger import STAGES
     from .pipeline import RecipeRun
     from .recipe import load_recipe
 
@@ -296,7 +297,7 @@ def _worker(argv: list[str] | None = None) -> None:
         run = RecipeRun(recipe, device=a.device, seed=a.seed, threads=a.threads, cache=cache,
                         workdir=lambda: Path(tempfile.mkdtemp(dir=tmp)))
         try:
-            stages = {s: run.artifact(s).metrics.as_dict() for s in run.available_stages() if s in STAGES}
+            stages = {s: run.artifact(s).metrics.as_dict() for s in run.available_stages()}
         except DatasetMissing as exc:
             print(json.dumps({"skipped": str(exc)}))
             return

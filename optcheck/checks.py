@@ -148,15 +148,19 @@ def check_budgets_can_fail(recipe, bounds: dict[str, float] | None, path: str) -
 
     if bounds is None:
         return
-    for name, metric, unit in (("flops_below", "flops", " FLOPs"), ("params_below", "params", " params")):
-        limit = getattr(recipe.budgets, name)
-        if limit is None or parse_percent(limit) is not None or name in recipe.budgets.report_only:
-            continue
-        full = bounds[f"max_{metric}"]
-        if float(limit) >= full:
-            raise RecipeError(path, [Problem(
-                f"budgets.{name}",
-                f"{name} = {limit} can never fail: the full, unpruned model has {human(full, unit)} "
-                f"({int(full):,})",
-                fix=f"set a limit below {int(full):,} (or a percentage under 100%), or list it in "
-                    f"budgets.report_only to measure it without judging")])
+    budgets = recipe.budgets
+    for stage in [None, *budgets.stages]:
+        table = budgets.table(stage)
+        where = "budgets" if stage is None else f"budgets.{stage}"
+        for name, metric, unit in (("flops_below", "flops", " FLOPs"), ("params_below", "params", " params")):
+            limit = getattr(table, name)
+            if limit is None or parse_percent(limit) is not None or name in table.report_only:
+                continue
+            full = bounds[f"max_{metric}"]
+            if float(limit) >= full:
+                raise RecipeError(path, [Problem(
+                    f"{where}.{name}",
+                    f"{name} = {limit} can never fail: the full, unpruned model has {human(full, unit)} "
+                    f"({int(full):,})",
+                    fix=f"set a limit below {int(full):,} (or a percentage under 100%), or list it in "
+                        f"{where}.report_only to measure it without judging")])

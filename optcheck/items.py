@@ -1,4 +1,5 @@
-"""pytest collection nodes: a recipe file, one item per budget it declares, one per ledger stage."""
+"""pytest collection nodes: a recipe file, one item per budget of its final stage, one collector per
+``[budgets.<stage>]`` table (``recipe.toml::<stage>::<budget>``), one item per ledger stage."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ class RecipeFile(pytest.File):
     ``LedgerItem`` per cached stage (when the regression ledger is on)."""
 
     def collect(self):
+        from .budgets import budget_id
         from .pipeline import stages_of
         from .recipe import load_recipe
         from .session import get_state
@@ -41,12 +43,11 @@ class RecipeFile(pytest.File):
             if self.config.getoption("fulltrace"):
                 raise
             raise self.CollectError(str(exc).replace(str(self.path), self.nodeid.split("::")[0])) from None
-        items: list[pytest.Item] = [BudgetItem.from_parent(self, name=b, check=b, budget=b, run=run)
-                                    for b in recipe.budgets.active()]
+        items: list[pytest.Node] = [BudgetItem.from_parent(self, name=b, check=budget_id(None, b), budget=(None, b),
+                                                           run=run) for b in recipe.budgets.active()]
+        items += [StageBudgets.from_parent(self, name=stage, run=run) for stage in recipe.budgets.stages]
         if state.ledger is not None:
-            from .ledger import STAGES
-
-            for stage in (s for s in stages_of(recipe) if s in STAGES):
+            for stage in stages_of(recipe):
                 item = LedgerItem.from_parent(self, name=f"ledger[{stage}]", check=f"ledger[{stage}]",
                                               stage=stage, run=run)
                 entry = state.ledger.entry(recipe.name, run.ctx.device.type, stage) if run and run.has_ctx else None
@@ -58,6 +59,23 @@ class RecipeFile(pytest.File):
             if skip_reason:
                 item.add_marker(pytest.mark.skip(reason=skip_reason))
             yield item
+
+
+class StageBudgets(pytest.Collector):
+    """``recipes/<name>.toml::<stage>``: the budgets of one ``[budgets.<stage>]`` table."""
+
+    def __init__(self, *, run: Any, **kwargs):
+        super().__init__(**kwargs)
+        self.run = run
+
+    def collect(self):
+        from .budgets import budget_id
+        from .recipe import load_recipe
+
+        recipe = self.run.recipe if self.run is not None else load_recipe(self.path)
+        for b in recipe.budgets.table(self.name).active():
+            yield BudgetItem.from_parent(self, name=b, check=budget_id(self.name, b), budget=(self.name, b),
+                                         run=self.run)
 
 
 def buildable_recipes(items) -> int:
@@ -95,9 +113,10 @@ class _CheckItem(pytest.Item):
 
 
 class BudgetItem(_CheckItem):
-    """``recipes/<name>.toml::<budget>``: passes when the compressed model meets that budget."""
+    """``recipes/<name>.toml::<budget>`` (the final stage) or ``recipes/<name>.toml::<stage>::<budget>``:
+    passes when that stage meets that budget."""
 
-    def __init__(self, *, budget: str, **kwargs):
+    def __init__(self, *, budget: tuple[str | None, str], **kwargs):
         super().__init__(**kwargs)
         self.budget = budget
 
@@ -112,13 +131,14 @@ class BudgetItem(_CheckItem):
             with library_noise():
                 self._judge(state, measured)
         except AssertionError as exc:
-            if self.budget not in self.run.recipe.budgets.report_only:
+            stage, name = self.budget
+            if name not in getattr(self.run.recipe.budgets.table(stage), "report_only", []):
                 raise
             # listed in budgets.report_only: measured and reported, never a failure (said out loud)
             import warnings
 
             measured["report_only"] = "broken"
-            warnings.warn(ReportOnlyBreach(f"report-only budget {self.budget} of {self.path.name} is broken "
+            warnings.warn(ReportOnlyBreach(f"report-only budget {self.check} of {self.path.name} is broken "
                                            f"(not judged: budgets.report_only):\n{exc}"), stacklevel=1)
         finally:
             for key, value in measured.items():
@@ -138,7 +158,7 @@ class BudgetItem(_CheckItem):
             for stage in self.run.cached_stages():  # their metrics for the results table (no model loaded)
                 self.run.artifact(stage)
             measured.update(stored["measured"], verdict_cache="hit")
-            self.run.log(f"{self.run.recipe.name}: {self.budget} {stored['outcome']} (verdict from the cache; "
+            self.run.log(f"{self.run.recipe.name}: {self.check} {stored['outcome']} (verdict from the cache; "
                          "--optcheck-rebuild judges it again)")
             if stored["outcome"] == "failed":
                 raise AssertionError(stored["message"])

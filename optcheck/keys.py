@@ -29,6 +29,7 @@ from typing import Any
 # optcheck modules whose code decides what an artifact contains; editing one invalidates the cache
 # (pipeline.py computes the FastNAS search-space bounds that are cached too)
 BUILD_MODULES = ("compat", "data", "measure", "models", "numerics", "pipeline", "stages", "training")
+BUILD_PACKAGES = ("steps",)  # every module of these too
 _NOT_IN_KEY = {"root"}
 
 
@@ -49,8 +50,11 @@ def optcheck_build_id() -> str:
 
     here = Path(optcheck.__file__).parent
     h = hashlib.sha256()
-    for name in BUILD_MODULES:
-        h.update((here / f"{name}.py").read_bytes())
+    files = [here / f"{name}.py" for name in BUILD_MODULES]
+    files += sorted(f for pkg in BUILD_PACKAGES for f in (here / pkg).glob("*.py"))
+    for path in files:
+        h.update(path.relative_to(here).as_posix().encode())
+        h.update(path.read_bytes())
     return f"{optcheck.__version__}+{h.hexdigest()[:12]}"
 
 
@@ -157,34 +161,31 @@ def data_fingerprint(bundle) -> str:
 # -- stage keys ----------------------------------------------------------------------------------------
 
 def stage_keys(recipe, data_bundle, device, seed: int) -> dict[str, dict[str, Any]]:
-    """The key material of every cacheable stage of ``recipe``: ``{stage: material}``.
+    """The key material of every stage of ``recipe``: ``{stage: material}``.
 
+    The first stage (the baseline) hashes the data's contents, the model and training settings; each
+    later stage hashes its parent's key, its step's table and what its kind adds (``StepKind.key``).
     ``material["key"]`` is the hash; the rest is kept in the cache manifest to explain a rebuild.
     """
+    from .steps import plan
+
     env = environment(device)
-    data = recipe.data.model_dump(exclude=_NOT_IN_KEY)
-    model = recipe.model.model_dump()
-    shape = {"classes": data_bundle.num_classes, "shape": list(data_bundle.input_shape)}
     out: dict[str, dict[str, Any]] = {}
 
     def add(stage: str, material: dict[str, Any]) -> None:
         material = {"stage": stage, "env": env, **material}
         out[stage] = {**material, "key": digest(material)}
 
-    model_src = source_digest(recipe.model.name)
-    add("baseline", {
-        "seed": seed, "data": data, "data_fingerprint": data_fingerprint(data_bundle),
-        "data_factory": source_digest(recipe.data.dataset), "model": model, "model_factory": model_src,
-        "train": recipe.train.model_dump(),
-    })
-    fastnas = recipe.step("fastnas")
-    if fastnas is not None:
-        step = fastnas.model_dump()
-        add("bounds", {"model": model, "model_factory": model_src, "input": shape, "seed": seed,
-                       "divisors": [step["channel_divisor"], step["feature_divisor"]]})
-        add("pruned", {"after": out["baseline"]["key"], "step": step})
-        finetune = recipe.step("finetune")
-        if finetune is not None:
-            add("finetuned", {"after": out["pruned"]["key"], "step": finetune.model_dump(),
-                              "train": recipe.train.model_dump(), "batch_size": recipe.data.batch_size})
+    for stage in plan(recipe):
+        if stage.parent is None:
+            add(stage.name, {
+                "seed": seed, "data": recipe.data.model_dump(exclude=_NOT_IN_KEY),
+                "data_fingerprint": data_fingerprint(data_bundle), "data_factory": source_digest(recipe.data.dataset),
+                "model": recipe.model.model_dump(), "model_factory": source_digest(recipe.model.name),
+                "train": recipe.train.model_dump(),
+            })
+            continue
+        extra = stage.kind.key(recipe, stage.step, out) if stage.kind.key is not None else {}
+        add(stage.name, {"after": out[stage.parent]["key"], "kind": stage.kind.kind,
+                         "step": stage.step.model_dump(exclude={"name"}), **extra})
     return out

@@ -32,6 +32,7 @@ review diff shows only what changed. The file is replaced atomically.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -44,7 +45,7 @@ from typing import Any
 from .errors import OptcheckError
 
 PLATFORMS = ("cpu", "cuda")
-STAGES = ("baseline", "pruned", "finetuned")
+STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a stage name, as recipes allow it
 METRICS = ("test_acc", "flops", "params", "ckpt_bytes")
 ARCHITECTURE = ("flops", "params")  # exact on any machine when the recipe alone decides them
 FIELDS = (*METRICS, "tolerance", "observed", "calibration", "written_by", "accuracy_tolerance",
@@ -103,7 +104,8 @@ class Ledger:
         return self.entries.get((recipe, platform, stage))
 
 
-def load_ledger(path: Path, known_recipes: set[str] | None = None, display: str | None = None) -> Ledger:
+def load_ledger(path: Path, known_recipes: set[str] | dict[str, set[str] | None] | None = None,
+                display: str | None = None) -> Ledger:
     """Read and validate the ledger; a missing file is an empty ledger. Raises ``LedgerError``."""
     display = display or str(path)
     if not path.exists():
@@ -127,12 +129,20 @@ def load_ledger(path: Path, known_recipes: set[str] | None = None, display: str 
             if platform not in PLATFORMS:
                 raise LedgerError(display, _line(text, [recipe, platform]), f"unknown platform '{platform}' "
                                   f"under '{recipe}'", f"use one of {', '.join(PLATFORMS)}")
-            _expect_table(stages, display, text, [recipe, platform], f"stages ({', '.join(STAGES)})")
+            _expect_table(stages, display, text, [recipe, platform], "stages (the first, then one per step)")
             for stage, entry in stages.items():
                 where = [recipe, platform, stage]
-                if stage not in STAGES:
-                    raise LedgerError(display, _line(text, where), f"unknown stage '{stage}' in "
-                                      f"[{recipe}.{platform}]", f"use one of {', '.join(STAGES)}")
+                stages_known = known_recipes.get(recipe) if isinstance(known_recipes, dict) else None
+                if stages_known is not None and stage not in stages_known:
+                    near = difflib.get_close_matches(stage, sorted(stages_known), n=1)
+                    raise LedgerError(display, _line(text, where), f"unknown stage '{stage}' in [{recipe}.{platform}]",
+                                      (f"did you mean '{near[0]}'? " if near else "") + "the recipe's stages are "
+                                      f"{', '.join(sorted(stages_known))}; rename the table, or delete it if the "
+                                      "stage is gone")
+                if not STAGE_NAME.match(stage):
+                    raise LedgerError(display, _line(text, where), f"'{stage}' in [{recipe}.{platform}] is not "
+                                      "a stage name", "use the stage names of the recipe's plan (the first, "
+                                      "then one per step)")
                 _expect_table(entry, display, text, where, "metric = value pairs")
                 ledger.entries[(recipe, platform, stage)] = _check_entry(entry, display, text, where)
     return ledger
@@ -267,19 +277,24 @@ def _round(x: float) -> float:
 
 # -- writing ---------------------------------------------------------------------------------------------
 
-def write_updates(path: Path, updates: dict[tuple[str, str, str], dict[str, Any]]) -> None:
+def write_updates(path: Path, updates: dict[tuple[str, str, str], dict[str, Any]],
+                  stage_order: dict[str, list[str]] | None = None) -> None:
     """Apply ``{(recipe, platform, stage): entry}`` to the file at ``path`` and replace it atomically.
 
     Existing tables keep their place and comments (values change in place); new tables are appended
-    in sorted recipe/platform order and pipeline stage order.
+    in sorted recipe/platform order and pipeline stage order (``stage_order``: recipe -> its stages).
     """
     import tomlkit
 
     if not updates:
         return
     doc = tomlkit.parse(path.read_text(encoding="utf-8")) if path.exists() else tomlkit.parse(HEADER)
-    order = {s: i for i, s in enumerate(STAGES)}
-    for (recipe, platform, stage), entry in sorted(updates.items(), key=lambda kv: (kv[0][0], kv[0][1], order[kv[0][2]])):
+    def place(item) -> tuple:
+        recipe, platform, stage = item[0]
+        order = (stage_order or {}).get(recipe, [])
+        return (recipe, platform, order.index(stage) if stage in order else len(order), stage)
+
+    for (recipe, platform, stage), entry in sorted(updates.items(), key=place):
         if recipe not in doc:
             doc.append(recipe, tomlkit.table(is_super_table=True))
         if platform not in doc[recipe]:

@@ -84,3 +84,52 @@ def _called_modules(model: nn.Module, modules: list[nn.Module], dummy_input: Any
 
 def file_bytes(path: str | Path | None) -> int | None:
     return Path(path).stat().st_size if path is not None and Path(path).exists() else None
+
+
+def _bits(num_bits: Any) -> int:
+    """Bits per value of a Model Optimizer quantizer's ``num_bits``: 8, 4, or (exponent, mantissa) of
+    a float format plus its sign bit ((4, 3) = FP8 E4M3 = 8 bits)."""
+    if isinstance(num_bits, (tuple, list)):
+        return 1 + int(num_bits[0]) + int(num_bits[1])
+    return int(num_bits)
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """The bytes a deployment stores for ``model``'s parameters, at their real bit-widths.
+
+    Every parameter once (BatchNorm included), 32 bits unless its module quantizes it: a weight
+    whose Model Optimizer ``weight_quantizer`` is enabled counts ``num_bits`` per value, plus its
+    scales (``amax``: one fp32 per channel or block). A disabled quantizer counts fp32: a
+    quantizer lost after calibration shows as a model that did not shrink. 2:4 sparsity does not
+    change this count (the zeros are stored; compressed 2:4 storage is a deployment's choice).
+    Dynamic (FastNAS) modules count their active slice.
+    """
+    total_bits = 0
+    for module in model.modules():
+        quantizer = getattr(module, "weight_quantizer", None)
+        quantized = quantizer is not None and getattr(quantizer, "is_enabled", False) \
+            and getattr(quantizer, "num_bits", None) is not None
+        for name, _ in module.named_parameters(recurse=False):
+            values = getattr(module, name).numel()
+            if name == "weight" and quantized:
+                total_bits += values * _bits(quantizer.num_bits)
+                amax = getattr(quantizer, "amax", None)
+                total_bits += 32 * (amax.numel() if isinstance(amax, torch.Tensor) else 1)
+            else:
+                total_bits += 32 * values
+    return (total_bits + 7) // 8
+
+
+def sparsity(model: nn.Module) -> float | None:
+    """Fraction of zero weights in the layers that were sparsified (Model Optimizer sparse modules
+    whose mask removes something), or None when no layer was. Read from the weights as the forward
+    uses them (the mask applied)."""
+    zeros = total = 0
+    for module in model.modules():
+        mask = getattr(module, "_weight_mask", None)
+        if not isinstance(mask, torch.Tensor) or bool(mask.all()):
+            continue
+        weight = module.weight.detach()
+        zeros += int((weight * mask == 0).sum())
+        total += weight.numel()
+    return zeros / total if total else None

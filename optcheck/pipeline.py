@@ -1,9 +1,10 @@
 """``RecipeRun``: builds each stage of one recipe at most once, in dependency order.
 
-The stages themselves are plain functions (``stages.py``); this module only decides what runs when,
-remembers artifacts (and failures, so a broken stage is not retried by every budget), takes them
-from the artifact cache when it has them (``cache.py``, keys from ``keys.py``), and checks before
-anything trains that the recipe's FastNAS target is reachable.
+The stages are the recipe's plan (``steps.plan``: the baseline, then one per step), each built by its
+step kind's plain function (``optcheck/steps/``). This module only decides what runs when, remembers
+artifacts (and failures, so a broken stage is not retried by every budget), takes them from the
+artifact cache when it has them (``cache.py``, keys from ``keys.py``; one get-or-build path, under
+the lock), and runs each kind's checks before anything trains. It never names a stage or a kind.
 """
 
 from __future__ import annotations
@@ -15,14 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import steps as registry
 from .errors import EvaluationError, OptcheckError, Problem, RecipeError, StepError, summarize_exception
-from .recipe import FastNASStep, Recipe
-
-STAGES = ("baseline", "pruned", "restored", "finetuned")
-_NEEDS = {"pruned": "baseline", "restored": "pruned", "finetuned": "restored"}
-# stages whose architecture the recipe alone decides: their FLOPs and params are exact on any machine
-# (a search's result is not: last-bit differences can pick another subnet)
-FIXED_ARCHITECTURE = ("baseline",)
+from .recipe import Recipe
 
 
 class _Upstream(Exception):
@@ -38,6 +34,8 @@ class RecipeRun:
                  workdir: Callable[[], Path] | None = None, log: Callable[[str], None] = lambda _m: None,
                  cache=None, threads: int | None = None):
         self.recipe = recipe
+        self.plan = registry.plan(recipe)  # the stages in order: the baseline, then one per step
+        self.stages = {stage.name: stage for stage in self.plan}
         self.threads = threads
         self.cache = cache  # an ``ArtifactCache``, or None: build everything
         self.events: dict[str, dict[str, Any]] = {}  # stage -> {"cache": hit|built|off, "key", "seconds"}
@@ -51,7 +49,8 @@ class RecipeRun:
         self._errors: dict[str, BaseException] = {}
         self._ctx = None
         self._preflight_done = False
-        self.bounds: dict[str, float] | None = None
+        self.bounds: dict[str, float] | None = None  # a searching step's smallest / full model (preflight)
+        self._roundtrips: dict[str, Any] = {}
 
     def _own_workdir(self) -> Path:
         """Without a workdir factory (a ``RecipeRun`` outside pytest): a temporary folder removed when
@@ -152,20 +151,17 @@ class RecipeRun:
             raise StepError(self.path, where, cause, _fix_for(exc, fix, self), origin) from exc
 
     def step_label(self, stage: str) -> str:
-        """What builds ``stage``, as a recipe author reads it: "steps[0] (fastnas)"."""
-        kind = {"pruned": "fastnas", "restored": "fastnas", "finetuned": "finetune"}.get(stage)
-        if kind is None:
-            return "the baseline's training ([model], [train])"
-        index = next(i for i, s in enumerate(self.recipe.steps) if s.kind == kind)
-        what = "mto.restore of " if stage == "restored" else ""
-        return f"{what}steps[{index}] (kind = {kind!r})"
+        """What builds ``stage``, as a recipe author reads it: "steps[0] (kind = 'fastnas')"."""
+        return self.stages[stage].label
 
     @property
     def has_ctx(self) -> bool:
         return self._ctx is not None
 
     def fixed_architecture(self, stage: str) -> bool:
-        return stage in FIXED_ARCHITECTURE
+        """Whether the recipe alone decides the stage's architecture (no search upstream): then its FLOPs
+        and params are exact on any machine (a search's result is not: last bits can pick another subnet)."""
+        return not registry.searched_upstream(self.plan, stage)
 
     def fingerprint(self) -> dict[str, Any]:
         """The numerics this process builds with (``numerics.fingerprint``)."""
@@ -174,28 +170,30 @@ class RecipeRun:
         return fingerprint(self.ctx.device)
 
     def available_stages(self) -> list[str]:
-        return stages_of(self.recipe)
+        return [stage.name for stage in self.plan]
 
     def cached_stages(self) -> list[str]:
-        """The stages of this recipe that the cache keeps (the others are rebuilt every session)."""
-        from .stages import CACHED_STAGES
-
-        return [s for s in self.available_stages() if s in CACHED_STAGES]
+        """The stages of this recipe that the cache keeps: all of them."""
+        return self.available_stages()
 
     def final_stage(self) -> str:
-        """The compressed model the budgets judge: fine-tuned if there is a fine-tune step."""
-        return self.available_stages()[-1]
+        """The compressed model ``[budgets]`` judges: the last step's stage."""
+        return self.plan[-1].name
+
+    def root_stage(self) -> str:
+        """The stage every other descends from and is compared with: the trained baseline."""
+        return self.plan[0].name
 
     # -- preflight -------------------------------------------------------------------------------
     def preflight(self) -> None:
-        """Load data, build the model and check the FastNAS target, before anything trains.
+        """Load the data, build the model, run one forward pass and each step kind's own checks (e.g.
+        a FastNAS target is reachable), before anything trains.
 
-        Raises ``DatasetMissing`` (skip) or ``RecipeError`` (collection error).
+        Raises ``DatasetMissing`` (skip) or ``RecipeError`` / ``StepError``.
         """
         if self._preflight_done:
             return
-        from .checks import check_budgets_can_fail, check_data, check_forward, search_space_errors
-        from .quiet import library_noise
+        from .checks import check_budgets_can_fail, check_data, check_forward
 
         ctx = self.ctx
         check_data(ctx, self.path)
@@ -203,30 +201,33 @@ class RecipeRun:
                             fix="check [model]; if the error is raised in your model factory, fix it there"):
             model = ctx.make_model()
         check_forward(ctx, model, self.path)
-        step = self.recipe.step("fastnas")
-        if step is not None:
-            index = next(i for i, s in enumerate(self.recipe.steps) if s.kind == "fastnas")
-            with self._boundary(f"converting the model to the FastNAS search space (steps[{index}])",
-                                fix=f"check steps[{index}]'s divisors and that the model is a plain CNN "
-                                    "that Model Optimizer can trace"):
-                with search_space_errors(ctx, step, index, self.path), library_noise():
-                    self.bounds = check_fastnas_target(ctx, step, self.path, self._cached_bounds(step))
-            check_budgets_can_fail(self.recipe, self.bounds, self.path)
+        for stage in self.plan:
+            if stage.kind.preflight is not None:
+                stage.kind.preflight(self, stage)
+        check_budgets_can_fail(self.recipe, self.bounds, self.path)
         self._preflight_done = True
 
-    def _cached_bounds(self, step: FastNASStep) -> dict[str, float]:
+    def cached_value(self, name: str, material: dict[str, Any], compute: Callable[[], Any]) -> Any:
+        """A small JSON-safe value (a search space's bounds) from the cache, else computed under the
+        cache's lock and stored; ``material`` plus the baseline's key decide it."""
         if self.cache is None:
-            return search_space_bounds(self.ctx, step)
+            return compute()
+        from .keys import digest
+
         with self._cache_work():
-            key = self.keys["bounds"]["key"]
-            entry = self.cache.load("bounds", key)
+            material = {"name": name, "after": self.keys[self.root_stage()]["key"], **material}
+            key = digest(material)
+            entry = self.cache.load(name, key)
         if entry is not None:
-            return entry.meta["bounds"]
-        bounds = search_space_bounds(self.ctx, step)
-        with self._cache_work():
-            self._store("bounds", key, {}, {"bounds": bounds, "recipe": self.recipe.name,
-                                            "key_material": self.keys["bounds"]})
-        return bounds
+            return entry.meta["value"]
+        with self.cache.lock(name, key, f"the {name} of {self.recipe.name}"):
+            entry = self.cache.load(name, key)
+            if entry is not None:
+                return entry.meta["value"]
+            value = compute()
+            with self._cache_work():
+                self._store(name, key, {}, {"value": value, "recipe": self.recipe.name, "key_material": material})
+        return value
 
     def _store(self, stage: str, key: str, files: dict, meta: dict) -> bool:
         """Store a cache entry; when the disk is full (or the cache unwritable) keep the built artifact,
@@ -266,12 +267,12 @@ class RecipeRun:
 
     # -- stages ------------------------------------------------------------------------------------
     def artifact(self, stage: str):
-        if stage not in STAGES:
-            raise KeyError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
-        if stage not in self.available_stages():
-            kind = "finetune" if stage == "finetuned" else "fastnas"
-            raise RecipeError(self.path, [Problem("steps", f"the recipe has no '{kind}' step, so there is no {stage} model",
-                                                  fix=f"add a [[steps]] table with kind = '{kind}'")])
+        if stage not in self.stages:
+            kinds = {k.stage: k.kind for k in registry.KINDS.values()}
+            fix = (f"add a [[steps]] table with kind = '{kinds[stage]}'" if stage in kinds
+                   else "name one of the recipe's stages")
+            raise RecipeError(self.path, [Problem("steps", f"the recipe has no stage {stage!r}; its stages are "
+                                                  f"{', '.join(self.stages)}", fix=fix)])
         if stage in self.artifacts:
             return self.artifacts[stage]
         if stage in self._errors:
@@ -282,10 +283,11 @@ class RecipeRun:
                               f"that needed it shows the whole error): {cause}") from first
         def parent():
             """The stage it is built from, obtained only if it is built (a cache hit needs none)."""
-            if stage not in _NEEDS:
+            above = self.stages[stage].parent
+            if above is None:
                 return None
             try:
-                return self.artifact(_NEEDS[stage])
+                return self.artifact(above)
             except BaseException as exc:
                 raise _Upstream() from exc  # that stage's failure, already recorded for it
 
@@ -304,10 +306,9 @@ class RecipeRun:
         from . import stages
 
         start = time.perf_counter()
-        if self.cache is None or stage not in stages.CACHED_STAGES:
+        if self.cache is None:
             artifact = self._build(stage, parent)
-            self.events[stage] = {"cache": "off" if self.cache is None else "not cached", "key": None,
-                                  "seconds": time.perf_counter() - start}
+            self.events[stage] = {"cache": "off", "key": None, "seconds": time.perf_counter() - start}
             return artifact
         self.preflight()
         with self._cache_work():
@@ -331,7 +332,7 @@ class RecipeRun:
                     return artifact
                 outcome = "hit (built by another process)"
         self.log(f"{self.recipe.name}: {stage} from cache ({self.cache.show(entry.path)})")
-        artifact = stages.load_artifact(self.ctx, stage, entry.files, entry.meta,
+        artifact = stages.load_artifact(self.ctx, stage, self.stages[stage].kind, entry.files, entry.meta,
                                         load=lambda: self._load_model(stage, entry, parent))
         self.events[stage] = {"cache": outcome, "key": key, "seconds": time.perf_counter() - start,
                               "waited": waited}
@@ -346,7 +347,7 @@ class RecipeRun:
 
         try:
             with library_noise():
-                return stages.load_model(self.ctx, stage, entry.files)
+                return stages.load_model(self.ctx, self.stages[stage].kind, entry.files)
         except Exception as exc:
             self.cache.quarantine(entry.path, f"it could not be loaded ({type(exc).__name__}: {exc})")
         # built here, not through _obtain: an entry that quarantine could not move would be found again
@@ -362,29 +363,39 @@ class RecipeRun:
         return rebuilt.model
 
     def _build(self, stage: str, parent_of):
-        from . import stages
+        """Build ``stage`` with its step kind, from a copy of its parent's model (a step may change
+        the model it is given in place, as ``mtq.quantize`` and ``mts.sparsify`` do)."""
+        import copy
+
+        from .quiet import library_noise
+        from .stages import Artifact
 
         parent = parent_of()
         self.preflight()
-        ctx = self.ctx
+        ctx, plan = self.ctx, self.stages[stage]
         self.log(f"{self.recipe.name}: building {stage}")
-        from .quiet import library_noise
-
         started = time.perf_counter()
-        with library_noise(), self._boundary(f"stage '{stage}', built by {self.step_label(stage)}",
+        with library_noise(), self._boundary(f"stage '{stage}', built by {plan.label}",
                             fix="see the cause; if it is raised in your own code (model, dataset), fix it "
                                 "there, else run with --fulltrace and report it with that output"):
-            if stage == "baseline":
-                artifact = stages.train_baseline(ctx)
-            elif stage == "pruned":
-                artifact = stages.fastnas_prune(ctx, parent, self.recipe.step("fastnas"), self.path)
-            elif stage == "restored":
-                artifact = stages.restore(ctx, parent)
-            else:
-                artifact = stages.finetune(ctx, parent, self.recipe.step("finetune"))
+            given = None if parent is None else Artifact(parent.stage, copy.deepcopy(parent.model), parent.metrics,
+                                                         parent.path, parent.files, parent.info)
+            artifact = plan.kind.build(ctx, given, plan.step, self.artifact)
         self.log(f"{self.recipe.name}: built {stage} in {time.perf_counter() - started:.1f} s "
                  f"(test acc {artifact.metrics.test_acc:.2%}, {artifact.metrics.flops:,} FLOPs)")
         return artifact
+
+    def roundtrip(self, stage: str):
+        """The stage's checkpoint restored into a freshly built model (``mto.restore`` for a Model
+        Optimizer stage), once per session: what a user of the checkpoint gets."""
+        if stage not in self._roundtrips:
+            from .quiet import library_noise
+            from .stages import load_model
+
+            artifact = self.artifact(stage)
+            with library_noise():
+                self._roundtrips[stage] = load_model(self.ctx, self.stages[stage].kind, artifact.files)
+        return self._roundtrips[stage]
 
 
 def _fix_for(exc: BaseException, fix: str, run: "RecipeRun") -> str:
@@ -402,64 +413,4 @@ def _fix_for(exc: BaseException, fix: str, run: "RecipeRun") -> str:
 
 def stages_of(recipe: Recipe) -> list[str]:
     """The stages a recipe's steps produce, in pipeline order."""
-    kinds = [s.kind for s in recipe.steps]
-    return ["baseline"] + (["pruned", "restored"] if "fastnas" in kinds else []) + (
-        ["finetuned"] if "finetune" in kinds else [])
-
-
-def search_space_bounds(ctx, step: FastNASStep, divisor: int | None = None) -> dict[str, float]:
-    """FLOPs and params of the smallest and the full subnet of the FastNAS search space."""
-    from .compat import import_modelopt
-    from .measure import count_flops, count_params
-    from .stages import fastnas_config
-
-    mtn, _, _ = import_modelopt()
-    if divisor is not None:
-        step = step.model_copy(update={"channel_divisor": divisor, "feature_divisor": divisor})
-    model = mtn.convert(ctx.make_model(), mode=[("fastnas", fastnas_config(step))])
-    out: dict[str, float] = {}
-    for which, pick in (("min", min), ("max", max)):
-        mtn.sample(model, pick)
-        out[f"{which}_flops"] = float(count_flops(model, ctx.dummy_input()))
-        out[f"{which}_params"] = float(_active_params(model, ctx.dummy_input()))
-    return out
-
-
-def _active_params(model, dummy_input) -> int:
-    """Parameters of the active subnet of a converted model (dynamic modules slice their weights),
-    in Model Optimizer's convention (``measure.count_params``); no forward pass, so no training-mode
-    BatchNorm on a batch of one."""
-    from .measure import count_params
-
-    return count_params(model)
-
-
-def check_fastnas_target(ctx, step: FastNASStep, path: str,
-                         bounds: dict[str, float] | None = None) -> dict[str, float]:
-    """Raise ``RecipeError`` if no subnet of the search space meets the step's constraint."""
-    from .limits import parse_percent
-    from .measure import human
-
-    bounds = bounds if bounds is not None else search_space_bounds(ctx, step)
-    name, limit = step.constraint
-    lo, hi = bounds[f"min_{name}"], bounds[f"max_{name}"]
-    frac = parse_percent(limit)
-    target = frac * hi if frac is not None else float(limit)
-    if target >= lo:
-        return bounds
-    index = next(i for i, s in enumerate(ctx.recipe.steps) if s.kind == "fastnas")
-    unit = " FLOPs" if name == "flops" else " params"
-    smaller = step.channel_divisor // 2
-    hint = ""
-    if smaller >= 1 and smaller != step.channel_divisor:
-        finer = search_space_bounds(ctx, step, smaller)[f"min_{name}"]
-        hint = (f"; with channel_divisor = feature_divisor = {smaller} the smallest subnet has "
-                f"{human(finer, unit)} ({finer / hi * 100:.0f}%)")
-    raise RecipeError(path, [Problem(
-        f"steps[{index}].{name}",
-        f"target {limit!r} = {human(target, unit)} is unreachable: the smallest subnet of this search "
-        f"space (channel_divisor={step.channel_divisor}, feature_divisor={step.feature_divisor}) "
-        f"has {human(lo, unit)} ({lo / hi * 100:.0f}% of the full model's {human(hi, unit)})",
-        f">= {human(lo, unit)} (>= {lo / hi * 100:.0f}%)",
-        f"raise steps[{index}].{name} to at least {lo / hi * 100:.0f}%, or lower the divisors{hint}",
-    )])
+    return [stage.name for stage in registry.plan(recipe)]

@@ -1,6 +1,7 @@
 """The accuracy-against-FLOPs picture of every recipe, drawn with matplotlib (Agg, no display).
 
-One panel per recipe: baseline, pruned and fine-tuned models as points joined in pipeline order,
+One panel per recipe: every stage's model as a point, joined in pipeline order (the baseline a circle,
+the final model a star),
 the FLOPs budget as a vertical line and the accuracy floor (baseline minus the allowed drop) as a
 horizontal one, so a reader sees at once which side of each line the compressed model landed on.
 """
@@ -11,8 +12,16 @@ import math
 from pathlib import Path
 from typing import Any
 
-_STYLE = {"baseline": ("o", "tab:blue", "baseline"), "pruned": ("s", "tab:orange", "pruned"),
-          "restored": ("D", "tab:gray", "restored"), "finetuned": ("*", "tab:green", "fine-tuned")}
+_MIDDLE = (("s", "tab:orange"), ("D", "tab:gray"), ("^", "tab:brown"), ("v", "tab:pink"), ("P", "tab:olive"))
+
+
+def _style(position: int, count: int) -> tuple[str, str]:
+    """Marker and colour of the stage at ``position`` of ``count``: the first, the last, the others."""
+    if position == 0:
+        return "o", "tab:blue"
+    if position == count - 1:
+        return "*", "tab:green"
+    return _MIDDLE[(position - 1) % len(_MIDDLE)]
 
 
 def flops_limit(limit: Any, baseline_flops: float) -> float | None:
@@ -41,14 +50,14 @@ def write_plot(doc: dict[str, Any], path: Path) -> None:
     if not recipes:
         axes.flat[0].text(0.5, 0.5, "no recipe built a model in this session", ha="center", va="center")
     for ax, r in zip(axes.flat, recipes):
-        stages = {s: info["metrics"] for s, info in r["stages"].items() if s != "restored"}
+        stages = {s: info["metrics"] for s, info in r["stages"].items()}
         xs = [m["flops"] / 1e6 for m in stages.values()]
         ys = [m["test_acc"] * 100 for m in stages.values()]
         ax.plot(xs, ys, color="0.7", linewidth=1, zorder=1)
         from .stats import wilson_interval
 
-        for stage, m in stages.items():
-            marker, color, label = _STYLE.get(stage, ("o", "k", stage))
+        for position, (stage, m) in enumerate(stages.items()):
+            (marker, color), label = _style(position, len(stages)), stage
             x, y = m["flops"] / 1e6, m["test_acc"] * 100
             # the 95% Wilson interval of each test accuracy (n test images): what one image is worth
             lo, hi = wilson_interval(round(m["test_acc"] * m["test_n"]), m["test_n"]) if m.get("test_n") else (
@@ -57,7 +66,7 @@ def write_plot(doc: dict[str, Any], path: Path) -> None:
                         zorder=2)
             ax.scatter([x], [y], marker=marker, color=color, s=140 if marker == "*" else 70, zorder=3,
                        label=f"{label}: {y:.2f}% [{lo * 100:.1f}, {hi * 100:.1f}], {x:.1f}M FLOPs")
-        base = stages.get("baseline")
+        base = next(iter(stages.values()), None)
         budgets = r.get("budgets", {})
         if base is not None:
             fl = flops_limit(budgets.get("flops_below"), base["flops"])

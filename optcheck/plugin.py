@@ -324,75 +324,7 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
             terminalreporter.write_line(line)
 
 
-# -- fixtures --------------------------------------------------------------------------------------
+# -- fixtures: defined in fixtures.py (they name stages), offered by this plugin -----------------------
 
-def _marked_recipe(request: pytest.FixtureRequest):
-    from .errors import RecipeError
-    from .recipe import load_recipe
-
-    marker = request.node.get_closest_marker("optcheck_recipe")
-    if marker is None or not marker.args:
-        pytest.fail("optcheck fixtures need a recipe: mark the test with "
-                    "@pytest.mark.optcheck_recipe('recipes/<name>.toml')", pytrace=False)
-    path = Path(marker.args[0])
-    if not path.is_absolute():
-        candidates = [request.config.rootpath / path, request.path.parent / path]
-        path = next((c for c in candidates if c.exists()), candidates[0])
-    try:
-        return load_recipe(path)
-    except RecipeError as exc:
-        pytest.fail(str(exc), pytrace=False)
-
-
-def _artifact(request: pytest.FixtureRequest, stage: str):
-    from .errors import DatasetMissing, RecipeError
-
-    state = get_state(request.config)
-    if not state.enabled:
-        pytest.skip("optcheck fixtures run only with --optcheck")
-    run = state.run_for(_marked_recipe(request))
-    try:
-        return run.artifact(stage)
-    except DatasetMissing as exc:
-        pytest.skip(str(exc))
-    except RecipeError as exc:
-        pytest.fail(str(exc), pytrace=False)
-
-
-@pytest.fixture
-def optcheck_recipe(request: pytest.FixtureRequest):
-    """The validated recipe named by the test's ``optcheck_recipe`` marker."""
-    return _marked_recipe(request)
-
-
-@pytest.fixture
-def optcheck_run(request: pytest.FixtureRequest):
-    """The session's ``RecipeRun`` for the marked recipe (its ``ctx`` has the data loaders)."""
-    state = get_state(request.config)
-    if not state.enabled:
-        pytest.skip("optcheck fixtures run only with --optcheck")
-    return state.run_for(_marked_recipe(request))
-
-
-@pytest.fixture
-def trained_baseline(request: pytest.FixtureRequest):
-    """The recipe's trained baseline (``.model``, ``.metrics``, ``.path``)."""
-    return _artifact(request, "baseline")
-
-
-@pytest.fixture
-def pruned_subnet(request: pytest.FixtureRequest):
-    """The FastNAS subnet, before fine-tuning, saved with ``mto.save``."""
-    return _artifact(request, "pruned")
-
-
-@pytest.fixture
-def restored_model(request: pytest.FixtureRequest):
-    """The pruned subnet rebuilt with ``mto.restore`` into a freshly built model."""
-    return _artifact(request, "restored")
-
-
-@pytest.fixture
-def finetuned_model(request: pytest.FixtureRequest):
-    """The restored subnet after the recipe's fine-tune step."""
-    return _artifact(request, "finetuned")
+from .fixtures import (finetuned_model, optcheck_artifacts, optcheck_recipe, optcheck_run,  # noqa: E402,F401
+                       pruned_subnet, restored_model, trained_baseline)

@@ -8,26 +8,32 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from . import steps as step_registry
 from .errors import Problem, RecipeError
 from .limits import check_limit, parse_percent
+from .schema import Limit, Strict as _Strict
+from .steps.fastnas import FastNASStep  # noqa: F401  (re-exported: defined here before the registry)
+from .steps.finetune import FinetuneStep  # noqa: F401
 
 DATASETS = ("digits", "cifar10", "synthetic")
 DATASET_OPTIONS = {"digits": ("image_size",), "cifar10": (), "synthetic": ("samples", "classes", "image_size", "noise")}
 MODELS = ("resnet20", "small_cnn")
 FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 TORCHVISION = re.compile(r"^torchvision:[A-Za-z_]\w*$")
-BUDGETS = (
-    "baseline_accuracy_at_least",
+# the budgets a stage's table takes ([budgets] for the final stage, [budgets.<stage>] for another),
+# in the order their items are collected
+STAGE_BUDGETS = (
     "flops_below",
     "params_below",
+    "size_below",
+    "sparsity_at_least",
     "accuracy_drop_under",
-    "pre_finetune_drop_under",
     "restore_roundtrip",
 )
-
-Limit = Union[float, str]
+BUDGETS = ("baseline_accuracy_at_least",) + STAGE_BUDGETS
+JUDGED_ONLY = ("flops_below", "params_below", "size_below", "sparsity_at_least", "accuracy_drop_under")
 
 # scikit-learn's random_state takes [0, 2**32 - 1] and the val split uses seed + 1
 SEED_MAX = 2**32 - 2
@@ -38,12 +44,6 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # +-8.4 pp at n = 40, +-11.0 pp at n = 30, +-27.8 pp at n = 10, +-79.3 pp at n = 1 (``stats``).
 MIN_TEST_SAMPLES = 40
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
-
-
-class _Strict(BaseModel):
-    # strict: no coercion between strings, numbers and booleans (`batch_size = "32"`, `restore_roundtrip
-    # = "off"` and `accuracy_drop_under = "0.2"` are errors, not silently converted values)
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class DataConfig(_Strict):
@@ -114,45 +114,7 @@ class TrainConfig(_Strict):
         return self
 
 
-class FastNASStep(_Strict):
-    kind: Literal["fastnas"]
-    flops: Limit | None = None
-    params: Limit | None = None
-    channel_divisor: int = Field(16, ge=1)
-    feature_divisor: int = Field(16, ge=1)
-    calib_batches: int = Field(20, ge=1, description="BatchNorm calibration batches per subnet")
-    score_samples: int | None = Field(None, gt=0, description="val samples the score function uses")
-    score: Literal["log_prob", "accuracy"] = Field(
-        "log_prob", description="what the search maximises on the val split: the mean log-probability "
-        "of the true class (no ties), or top-1 accuracy (steps of 1/n: near-ties flip between machines)")
-    recalibrate_bn: bool = Field(
-        True, description="re-estimate the subnet's BatchNorm statistics on the train split after the "
-        "search (mtp.prune returns them stale: 10% -> 77% test accuracy measured on digits)")
-
-    @field_validator("flops", "params", mode="before")
-    @classmethod
-    def _limit(cls, v: object) -> object:
-        return v if v is None else check_limit(v)
-
-    @model_validator(mode="after")
-    def _one_constraint(self) -> "FastNASStep":
-        if (self.flops is None) == (self.params is None):
-            raise ValueError("give exactly one of 'flops' or 'params' (FastNAS takes one constraint)")
-        return self
-
-    @property
-    def constraint(self) -> tuple[str, Limit]:
-        return ("flops", self.flops) if self.flops is not None else ("params", self.params)  # type: ignore[return-value]
-
-
-class FinetuneStep(_Strict):
-    kind: Literal["finetune"]
-    epochs: int = Field(3, ge=1)
-    lr_scale: float = Field(0.5, gt=0)
-    warmup_epochs: float = Field(0.0, ge=0)
-
-
-Step = Annotated[Union[FastNASStep, FinetuneStep], Field(discriminator="kind")]
+Step = Annotated[Union[step_registry.schemas()], Field(discriminator="kind")]  # type: ignore[valid-type]
 
 
 class RoundtripBudget(_Strict):
@@ -160,16 +122,53 @@ class RoundtripBudget(_Strict):
     rtol: float = Field(0.0, ge=0)
 
 
-class Budgets(_Strict):
+class StageBudgets(_Strict):
+    """The budgets of one stage: ``[budgets]`` judges the final model, ``[budgets.<stage>]`` another."""
+
+    flops_below: Limit | None = Field(None, description="FLOPs; 'N%' of the baseline's")
+    params_below: Limit | None = Field(None, description="params; 'N%' of the baseline's")
+    size_below: Limit | None = Field(None, description="bytes of the parameters at their real bit-widths; "
+                                     "'N%' of the baseline's fp32 size")
+    sparsity_at_least: float | None = Field(None, gt=0, le=1, description="zero share of the sparsified "
+                                            "layers' weights (0.5 = 2:4)")
+    accuracy_drop_under: float | None = Field(None, ge=0, lt=1, description="test accuracy drop against the "
+                                              "baseline, a fraction; a drop of 1 (100 pp) cannot be exceeded")
+    restore_roundtrip: bool | RoundtripBudget | None = Field(
+        None, description="mto.save then mto.restore into a freshly built model reproduces the stage's model")
+    report_only: list[Literal[JUDGED_ONLY]] = Field(  # type: ignore[valid-type]
+        [], description="budgets of this table that are measured and reported but never fail the run (a "
+        "breach is a warning); only these may take a limit that cannot fail, such as flops_below = '100%'")
+
+    @field_validator("flops_below", "params_below", "size_below", mode="before")
+    @classmethod
+    def _limit(cls, v: object) -> object:
+        return v if v is None else check_limit(v)
+
+    @model_validator(mode="after")
+    def _can_fail(self) -> "StageBudgets":
+        for name in ("flops_below", "params_below", "size_below"):
+            limit = getattr(self, name)
+            if isinstance(limit, str) and parse_percent(limit) == 1.0 and name not in self.report_only:
+                raise ValueError(f"@{name}: {name} = {limit!r} can never fail (no compressed model is larger than "
+                                 f"its baseline) || fix: set a limit under 100%, or list it in report_only = "
+                                 f"[\"{name}\"] to measure it without judging")
+        off = [n for n in self.report_only if getattr(self, n) is None]
+        if off:
+            raise ValueError(f"@report_only: report_only lists {off} but the recipe sets no such budget || fix: remove it from "
+                             f"report_only, or set the budget")
+        return self
+
+    def active(self) -> list[str]:
+        """This table's budget names in schema order; ``restore_roundtrip = false`` is off."""
+        # a budget of 0 is the strictest budget, not a missing one (0 == False in Python)
+        return [name for name in STAGE_BUDGETS if getattr(self, name) is not None and getattr(self, name) is not False]
+
+
+class Budgets(StageBudgets):
     baseline_accuracy_at_least: float | Literal["auto"] = Field(
         "auto", description="the trained baseline's test accuracy floor (a fraction); 'auto' = halfway "
         "from chance (the test split's majority-class share) to 100%: a baseline below it learned too little "
         "for any budget relative to it to mean anything")
-    flops_below: Limit | None = None
-    params_below: Limit | None = None
-    accuracy_drop_under: float | None = Field(None, ge=0, lt=1, description="a drop of 1 (100 pp) cannot be exceeded")
-    pre_finetune_drop_under: float | None = Field(None, ge=0, lt=1)
-    restore_roundtrip: bool | RoundtripBudget | None = None
     accuracy_rule: Literal["point", "not_significantly_over", "assured_under"] = Field(
         "point", description="how accuracy budgets use the paired interval of the drop: the observed "
         "drop (point); fail only when the whole interval is over the limit; pass only when it is under")
@@ -178,14 +177,30 @@ class Budgets(_Strict):
         MIN_TEST_SAMPLES, ge=1, description="the fewest test samples a verdict may rest on (the test split "
         "is checked before anything trains); below 40 even identical predictions leave a 95% interval of "
         "the drop wider than +-10 pp")
-    report_only: list[Literal["flops_below", "params_below", "accuracy_drop_under", "pre_finetune_drop_under"]] = Field(
-        [], description="budgets that are measured and reported but never fail the run (a breach is a "
-        "warning); only these may take a limit that cannot fail, such as flops_below = '100%'")
+    stages: dict[str, StageBudgets] = Field(
+        {}, description="[budgets.<stage>] tables: the budgets of a stage before the final one")
 
-    @field_validator("flops_below", "params_below", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _limit(cls, v: object) -> object:
-        return v if v is None else check_limit(v)
+    def _stage_tables(cls, data: object) -> object:
+        """``[budgets.<stage>]`` tables (any table under [budgets] that is not a budget) go to ``stages``;
+        ``pre_finetune_drop_under`` (optcheck <= 0.2) says how to write it now."""
+        if not isinstance(data, dict):
+            return data
+        if "pre_finetune_drop_under" in data:
+            v = data["pre_finetune_drop_under"]
+            raise ValueError(f"@pre_finetune_drop_under: pre_finetune_drop_under was replaced by per-stage budgets || fix: "
+                             f"delete it and write a table for the stage your fastnas step produces: "
+                             f"[budgets.pruned] then accuracy_drop_under = {v!r}")
+        known = set(cls.model_fields)
+        tables = {k: v for k, v in data.items() if k not in known and isinstance(v, dict)}
+        if not tables:
+            return data
+        if "stages" in data:
+            raise ValueError("@stages: write stage budgets as [budgets.<stage>] tables, not under 'stages' || "
+                             "fix: e.g. [budgets.pruned] then accuracy_drop_under = 0.1")
+        rest = {k: v for k, v in data.items() if k not in tables}
+        return {**rest, "stages": tables}
 
     @field_validator("baseline_accuracy_at_least", mode="before")
     @classmethod
@@ -199,24 +214,18 @@ class Budgets(_Strict):
             raise ValueError(f"{v!r} is not a fraction in (0, 1]: 0.9 means 90% test accuracy")
         return v
 
-    @model_validator(mode="after")
-    def _can_fail(self) -> "Budgets":
-        for name in ("flops_below", "params_below"):
-            limit = getattr(self, name)
-            if isinstance(limit, str) and parse_percent(limit) == 1.0 and name not in self.report_only:
-                raise ValueError(f"@{name}: {name} = {limit!r} can never fail (no compressed model is larger than "
-                                 f"its baseline) || fix: set a limit under 100%, or list it in report_only = "
-                                 f"[\"{name}\"] to measure it without judging")
-        off = [n for n in self.report_only if getattr(self, n) is None]
-        if off:
-            raise ValueError(f"@report_only: report_only lists {off} but the recipe sets no such budget || fix: remove it from "
-                             f"report_only, or set the budget")
-        return self
-
     def active(self) -> list[str]:
-        """Budget names in declaration order of the schema; ``restore_roundtrip = false`` is off."""
-        # a budget of 0 is the strictest budget, not a missing one (0 == False in Python)
-        return [name for name in BUDGETS if getattr(self, name) is not None and getattr(self, name) is not False]
+        """The final stage's budget names, the baseline's floor first."""
+        return ["baseline_accuracy_at_least", *super().active()]
+
+    def table(self, stage: str | None) -> StageBudgets:
+        """The budget table of ``stage`` (None: the final stage's, i.e. [budgets] itself)."""
+        return self if stage is None else self.stages[stage]
+
+    def refs(self) -> list[tuple[str | None, str]]:
+        """Every budget as ``(stage, name)``: stage None for [budgets] (the final model; the baseline's
+        floor is in it too), then each [budgets.<stage>] table in file order."""
+        return [(None, n) for n in self.active()] + [(stage, n) for stage, t in self.stages.items() for n in t.active()]
 
 
 class LedgerDefaults(_Strict):
@@ -266,22 +275,38 @@ class Recipe(_Strict):
             if self.seed is not None and self.seed != self.seeds[0]:
                 raise ValueError(f"@seeds: seed = {self.seed} and seeds = {self.seeds}: give one of them (with seeds, "
                                  f"the first one is the recipe's seed) || fix: remove seed")
-        kinds = [s.kind for s in self.steps]
-        if kinds.count("fastnas") > 1 or kinds.count("finetune") > 1:
-            raise ValueError("@steps: each step kind may appear once: one 'fastnas', then one 'finetune' || fix: remove the extra step")
-        if "finetune" in kinds and ("fastnas" not in kinds or kinds.index("finetune") < kinds.index("fastnas")):
-            raise ValueError("@steps: 'finetune' fine-tunes the pruned subnet || fix: put a 'fastnas' step before it")
-        active = self.budgets.active()
-        if active == ["baseline_accuracy_at_least"]:
+        names = [stage.name for stage in step_registry.plan(self)]
+        for i, step in enumerate(self.steps):
+            if step.name is not None and not (NAME.match(step.name) and len(step.name) <= 60):
+                raise ValueError(f"@steps[{i}].name: name {step.name!r} is not file-safe (it names the stage's files, "
+                                 "node ids and [budgets.<name>]) || fix: use letters, digits, '.', '_' and '-'")
+        for name in dict.fromkeys(names):
+            if names.count(name) > 1:
+                where = [f"steps[{i - 1}]" if i else "the baseline" for i, n in enumerate(names) if n == name]
+                raise ValueError(f"@steps: two stages are named {name!r} ({' and '.join(where)}) || fix: give the "
+                                 f"later step its own name, e.g. name = '{name}2'")
+        if not self.steps and [r for r in self.budgets.refs() if r[1] != "baseline_accuracy_at_least"]:
+            raise ValueError("@steps: the recipe has no [[steps]], so its budgets would compare the baseline with "
+                             "itself and could never fail || fix: add a [[steps]] table (kind = "
+                             f"{' | '.join(map(repr, step_registry.listable()))})")
+        if self.budgets.refs() == [(None, "baseline_accuracy_at_least")]:
             raise ValueError("@budgets: a recipe needs at least one budget under [budgets] that judges the compressed model || fix: add e.g. accuracy_drop_under = 0.01")
-        needs_prune = {"flops_below", "params_below", "pre_finetune_drop_under", "restore_roundtrip"}
-        if "fastnas" not in kinds and needs_prune & set(active):
-            raise ValueError(
-                f"@steps: budgets {sorted(needs_prune & set(active))} judge a compressed model || fix: add a 'fastnas' step"
-            )
+        for stage in self.budgets.stages:
+            if stage not in names:
+                near = difflib.get_close_matches(stage, names + list(STAGE_BUDGETS), n=1)
+                raise ValueError(f"@budgets.{stage}: there is no stage {stage!r}; this recipe's stages are "
+                                 f"{', '.join(names)} || fix: " + (f"did you mean {near[0]!r}?" if near else
+                                 "name a stage a step produces (a step's name, or its kind's default)"))
+            if stage == names[0]:
+                raise ValueError(f"@budgets.{stage}: budgets of the baseline would compare it with itself || fix: "
+                                 "remove the table (baseline_accuracy_at_least under [budgets] judges the baseline)")
+            if stage == names[-1]:
+                raise ValueError(f"@budgets.{stage}: {stage!r} is the final stage, which [budgets] judges || fix: "
+                                 f"move these budgets into [budgets]")
         return self
 
-    def step(self, kind: str) -> FastNASStep | FinetuneStep | None:
+    def step(self, kind: str):
+        """The first step of ``kind``, or None."""
         return next((s for s in self.steps if s.kind == kind), None)
 
 
@@ -324,7 +349,9 @@ def _field_name(loc: tuple) -> str:
     for p in loc:
         if isinstance(p, int):
             parts[-1:] = [f"{parts[-1]}[{p}]"] if parts else [f"[{p}]"]
-        elif p in ("fastnas", "finetune") and parts and parts[-1].startswith("steps["):
+        elif p == "stages" and parts and parts[-1] == "budgets":
+            continue  # [budgets.<stage>] tables live in Budgets.stages
+        elif p in step_registry.KINDS and parts and parts[-1].startswith("steps["):
             continue  # pydantic adds the union tag to the path
         elif p in _UNION_MEMBERS or str(p).startswith(("literal[", "function-")):
             continue  # and the member of a union (`restore_roundtrip.bool`) that did not match
@@ -336,16 +363,20 @@ def _field_name(loc: tuple) -> str:
 def _schema_for(loc: tuple) -> type[BaseModel] | None:
     """The pydantic model that owns the field at ``loc`` (for listing allowed keys)."""
     model: type[BaseModel] | None = Recipe
+    stage_name = False
     for p in loc[:-1]:
         if model is None:
             return None
+        if stage_name:  # the <stage> of budgets.stages.<stage>
+            stage_name, model = False, StageBudgets
+            continue
+        if model is Budgets and p == "stages":
+            stage_name = True
+            continue
         if isinstance(p, int):
             continue
-        if p == "fastnas":
-            model = FastNASStep
-            continue
-        if p == "finetune":
-            model = FinetuneStep
+        if p in step_registry.KINDS and step_registry.KINDS[p].schema is not None:
+            model = step_registry.KINDS[p].schema
             continue
         field = model.model_fields.get(str(p))
         if field is None:
@@ -371,9 +402,15 @@ def _problem(err: dict) -> Problem:
     if etype == "missing":
         return Problem(name, "missing required field", fix=f"add '{loc[-1]}' to the recipe")
     if etype == "union_tag_invalid" or etype == "union_tag_not_found":
+        kind = given.get("kind") if isinstance(given, dict) else given
+        allowed = "kind = " + " | ".join(map(repr, step_registry.listable()))
+        if isinstance(kind, str) and kind in step_registry.UNAVAILABLE:
+            return Problem(f"{name}.kind", f"step kind {kind!r} cannot run here", allowed,
+                           step_registry.UNAVAILABLE[kind])
+        near = difflib.get_close_matches(str(kind), step_registry.listable(), n=1) if kind else []
         return Problem(
-            name, f"unknown or missing step kind (got {given.get('kind') if isinstance(given, dict) else given!r})",
-            "kind = 'fastnas' | 'finetune'", "set kind to one of the allowed step kinds",
+            name, f"unknown or missing step kind (got {kind!r})", allowed,
+            f"did you mean {near[0]!r}?" if near else "set kind to one of the allowed step kinds",
         )
     msg = err["msg"].removeprefix("Value error, ")
     if msg.startswith("@"):  # a model-level check names its field: "@data.test_limit: ..."

@@ -20,7 +20,6 @@ from typing import Any
 
 from .limits import human
 
-_LABELS = {"baseline": "baseline", "pruned": "pruned", "restored": "restored", "finetuned": "fine-tuned"}
 _ICON = {"passed": "✅", "failed": "❌", "error": "❌", "skipped": "⏭️", "xfailed": "⚠️", "xpassed": "❗",
          "broken (report only)": "⚠️"}
 
@@ -110,8 +109,9 @@ def finish_session(config, state) -> list[str]:
 
     recipes, updates = state.merged()
     written: list[str] = []
-    if updates and state.ledger is not None:
-        write_updates(state.ledger.path, updates)
+    order = {r["recipe"]: r.get("order", list(r["stages"])) for r in recipes}
+    if updates and state.ledger is not None and _write(state.ledger.path,
+                                                       lambda p: write_updates(p, updates, order)):
         written.append(f"ledger: wrote {len(updates)} entr{'y' if len(updates) == 1 else 'ies'} to "
                        f"{state.ledger.display} (review the diff and commit it)")
     doc = {"meta": session_meta(config, state), "recipes": recipes}
@@ -151,30 +151,40 @@ def _write(path: Path, writer) -> bool:
 
 # -- rendering ------------------------------------------------------------------------------------------
 
+def stage_row(stage: str, m: dict[str, Any], base: dict[str, Any] | None) -> dict[str, str]:
+    """One stage's figures as both tables show them; ``base``: the baseline's metrics (the first
+    stage's), against which accuracy, FLOPs and size are given."""
+    first = base is None or m is base
+    size = m.get("size_bytes")
+    base_size = (base or {}).get("size_bytes")
+    return {
+        "stage": stage,
+        "test acc": f"{m['test_acc'] * 100:.2f}% (n={m['test_n']})",
+        "Δ acc": "" if first else f"{(m['test_acc'] - base['test_acc']) * 100:+.2f} pp",
+        "val acc": f"{m['val_acc'] * 100:.2f}% (n={m['val_n']})",
+        "FLOPs": human(m["flops"]),
+        "FLOPs %": "" if base is None else f"{m['flops'] / base['flops'] * 100:.1f}%",
+        "params": human(m["params"]),
+        "size": "-" if size is None else human(size, "B") + ("" if first or not base_size else
+                                                             f" ({size / base_size * 100:.1f}%)"),
+        "sparsity": "" if m.get("sparsity") is None else f"{m['sparsity'] * 100:.1f}%",
+        "checkpoint": human(m["ckpt_bytes"], "B"),
+        "time": f"{m['seconds']:.1f}s",
+    }
+
+
 def results_table(name: str, metrics: dict[str, dict], verdicts: dict[str, str] | None = None) -> list[str]:
-    """Lines of a fixed-width table; ``metrics`` maps stage -> ``Metrics.as_dict()`` and
-    ``verdicts`` check -> outcome."""
-    base = metrics.get("baseline")
-    header = ("stage", "test acc", "Δ acc", "val acc", "FLOPs", "FLOPs %", "params", "checkpoint", "time")
-    rows = []
-    for stage, m in metrics.items():
-        delta = "" if base is None or stage == "baseline" else f"{(m['test_acc'] - base['test_acc']) * 100:+.2f} pp"
-        ratio = "" if base is None else f"{m['flops'] / base['flops'] * 100:.1f}%"
-        rows.append((
-            _LABELS.get(stage, stage),
-            f"{m['test_acc'] * 100:.2f}% (n={m['test_n']})",
-            delta,
-            f"{m['val_acc'] * 100:.2f}% (n={m['val_n']})",
-            human(m["flops"]),
-            ratio,
-            human(m["params"]),
-            human(m["ckpt_bytes"], "B"),
-            f"{m['seconds']:.1f}s",
-        ))
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    """Lines of a fixed-width table; ``metrics`` maps stage -> ``Metrics.as_dict()`` in pipeline order
+    (the first is the baseline) and ``verdicts`` check -> outcome."""
+    base = next(iter(metrics.values()), None)
+    rows = [stage_row(stage, m, base) for stage, m in metrics.items()]
+    header = [h for h in ("stage", "test acc", "Δ acc", "val acc", "FLOPs", "FLOPs %", "params", "size",
+                          "sparsity", "checkpoint", "time") if h != "sparsity" or any(r["sparsity"] for r in rows)]
+    table = [tuple(header)] + [tuple(r[h] for h in header) for r in rows]
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [f"optcheck results: {name}", fmt.format(*header), fmt.format(*("-" * w for w in widths))]
-    lines += [fmt.format(*r) for r in rows]
+    lines += [fmt.format(*r) for r in table[1:]]
     if verdicts:
         lines.append("checks: " + ", ".join(f"{b} {v}" for b, v in verdicts.items()))
     return lines
@@ -276,13 +286,13 @@ def markdown(doc: dict[str, Any]) -> str:
                 out.append(f"| {check} | {_ICON.get(v['outcome'], '')} {v['outcome']} | {detail} |")
             out.append("")
         if r["stages"]:
-            base = r["stages"].get("baseline", {}).get("metrics")
-            out += ["| stage | test acc | Δ vs baseline | FLOPs | params | checkpoint | cache | ledger Δ |",
-                    "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+            base = next(iter(r["stages"].values()))["metrics"]
+            out += ["| stage | test acc | Δ acc | FLOPs | params | size | checkpoint | cache | ledger Δ |",
+                    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
             for stage, info in r["stages"].items():
                 m = info["metrics"]
-                delta = "" if not base or stage == "baseline" else f"{(m['test_acc'] - base['test_acc']) * 100:+.2f} pp"
-                flops = human(m["flops"]) + ("" if not base else f" ({m['flops'] / base['flops'] * 100:.0f}%)")
+                row = stage_row(stage, m, base)
+                flops = row["FLOPs"] + (f" ({row['FLOPs %'].split('.')[0]}%)" if m is not base else "")
                 led = r.get("ledger", {}).get(stage)
                 if led is None:
                     ledger = ""
@@ -293,8 +303,8 @@ def markdown(doc: dict[str, Any]) -> str:
                     ledger = (f"acc {_signed(d['test_acc'] * 100, '+.2f')} pp, FLOPs {_signed(d['flops'], '+,')}, "
                               f"params {_signed(d['params'], '+,')}" + (" ❌" if led.get("mismatches") else " ✅"))
                 cache = cache_summary({stage: info}).removeprefix(f"{stage} ") or "-"
-                out.append(f"| {_LABELS.get(stage, stage)} | {_pct(m['test_acc'])} (n={m['test_n']}) | {delta} | "
-                           f"{flops} | {human(m['params'])} | {human(m['ckpt_bytes'], 'B')} | {cache} | {ledger} |")
+                out.append(f"| {stage} | {_pct(m['test_acc'])} (n={m['test_n']}) | {row['Δ acc']} | {flops} | "
+                           f"{row['params']} | {row['size']} | {row['checkpoint']} | {cache} | {ledger} |")
             out.append("")
     out.append(f"<sub>cache: {meta['cache']} · ledger: {meta['ledger'] or 'off'} · workers: {meta['workers']} · "
                f"torch {meta['versions']['torch']}, modelopt {meta['versions']['nvidia-modelopt']}</sub>")

@@ -102,6 +102,7 @@ class OptcheckState:
     # -- results as plain data ----------------------------------------------------------------------
     def export(self) -> dict[str, Any]:
         """This process's part of the results, JSON-safe (what an xdist worker sends home)."""
+        from .budgets import budget_id
         from .cache import entry_meta_safe
 
         runs = {}
@@ -116,7 +117,8 @@ class OptcheckState:
                 "device": run.ctx.device.type if run.has_ctx else self.device,
                 "threads": self.threads, "bounds": run.bounds, "stages": stages,
                 "cache_seconds": {self.worker: round(run.cache_seconds, 4)},
-                "budgets": {b: _limit_of(run.recipe, b) for b in run.recipe.budgets.active()},
+                "budgets": {budget_id(stage, b): _limit_of(run.recipe, stage, b) for stage, b in run.recipe.budgets.refs()},
+                "order": run.available_stages(),
                 "ledger": self.ledger_checks.get(rel, {}),
             }
         # through JSON: plain str, int, float only. entry_meta_safe keeps str subclasses such as the
@@ -149,23 +151,23 @@ class OptcheckState:
                 recipes[rel] = {"recipe": Path(rel).stem, "path": rel, "stages": {}, "ledger": {},
                                 "budgets": {}, "verdicts": checks}
         for run in recipes.values():
-            budgets = list(run.get("budgets", {}))
-            run["verdicts"] = dict(sorted(run.get("verdicts", {}).items(), key=lambda kv: _check_order(kv[0], budgets)))
-            order = ("baseline", "pruned", "restored", "finetuned")
+            budgets, order = list(run.get("budgets", {})), run.get("order") or list(run["stages"])
+            run["verdicts"] = dict(sorted(run.get("verdicts", {}).items(),
+                                          key=lambda kv: _check_order(kv[0], budgets, order)))
             run["stages"] = {s: run["stages"][s] for s in order if s in run["stages"]}
         return [recipes[k] for k in sorted(recipes)], updates
 
 
-def _check_order(check: str, budgets: list[str]) -> tuple:
+def _check_order(check: str, budgets: list[str], stages: list[str]) -> tuple:
     """Budgets in the recipe's order, then the ledger checks in pipeline order (not finish order)."""
-    stages = ("ledger[baseline]", "ledger[pruned]", "ledger[finetuned]")
-    if check in stages:
-        return (1, stages.index(check), check)
+    ledger = [f"ledger[{s}]" for s in stages]
+    if check in ledger:
+        return (1, ledger.index(check), check)
     return (0, budgets.index(check) if check in budgets else len(budgets), check)
 
 
-def _limit_of(recipe, budget: str) -> Any:
-    value = getattr(recipe.budgets, budget)
+def _limit_of(recipe, stage: str | None, budget: str) -> Any:
+    value = getattr(recipe.budgets.table(stage), budget)
     return value.model_dump() if hasattr(value, "model_dump") else value
 
 

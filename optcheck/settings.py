@@ -84,10 +84,12 @@ def open_ledger(config: pytest.Config, roots: list[Path]):
         raise pytest.UsageError(str(exc)) from None
 
 
-def known_recipe_names(roots: list[Path], ledger: Path) -> set[str]:
-    """Names of every recipe file under the roots (read without validation: a broken recipe still
-    owns its ledger entries)."""
-    names = set()
+def known_recipe_names(roots: list[Path], ledger: Path) -> dict[str, set[str] | None]:
+    """Name -> stage names of every recipe file under the roots (read without validation: a broken
+    recipe still owns its ledger entries; its stages are None when its steps cannot be read)."""
+    from .steps import KINDS, ROOT
+
+    names: dict[str, set[str] | None] = {}
     for root in roots:
         files = [root] if root.is_file() else sorted(root.rglob("*.toml")) if root.is_dir() else []
         for f in files:
@@ -98,7 +100,12 @@ def known_recipe_names(roots: list[Path], ledger: Path) -> set[str]:
             except (OSError, tomllib.TOMLDecodeError):
                 raw = {}
             name = raw.get("name") if isinstance(raw.get("name"), str) else f.stem
-            names.add(name)
+            steps = raw.get("steps", [])
+            try:
+                stages = {ROOT.stage} | {s.get("name") or KINDS[s["kind"]].stage for s in steps}
+            except (AttributeError, KeyError, TypeError):
+                stages = None
+            names[name] = None if stages is None or name in names else stages
     return names
 
 

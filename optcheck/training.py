@@ -160,8 +160,12 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
 
 
 def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, schedule: Schedule, *,
-          device: torch.device | str = "cpu", log: Log = _silent, label: str = "train") -> list[dict]:
+          device: torch.device | str = "cpu", log: Log = _silent, label: str = "train",
+          criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> list[dict]:
     """Train in place; the weights of the epoch with the best val accuracy are kept.
+
+    ``criterion(logits, labels)`` is the loss (default: cross-entropy; a distillation loss adds the
+    teacher's term).
 
     Returns one record per epoch: loss, val accuracy, learning rate.
     """
@@ -171,7 +175,7 @@ def train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, sc
     steps = schedule.epochs * len(train_loader)
     warmup = int(schedule.warmup_epochs * len(train_loader))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, warmup))
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = criterion or nn.CrossEntropyLoss()
     best_acc, best_state, history = -1.0, None, []
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     from .progress import Clock, eta

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-TINY_RECIPE = """
+# the data, model and training of every tiny recipe (format-escaped braces: TINY_RECIPE is a template)
+TINY_HEAD = """
 description = "synthetic + small_cnn + FastNAS: the whole pipeline in seconds"
 seed = 0
 
 [data]
 dataset = "synthetic"
 batch_size = 32
-options = {{ samples = 240, classes = 4, image_size = 16 }}
+options = { samples = 240, classes = 4, image_size = 16 }
 
 [model]
 name = "small_cnn"
@@ -20,7 +21,9 @@ name = "small_cnn"
 epochs = 6
 lr = 0.4
 warmup_epochs = 0.5
+"""
 
+TINY_RECIPE = TINY_HEAD.replace("{", "{{").replace("}", "}}") + """
 [[steps]]
 kind = "fastnas"
 flops = "{flops}"

@@ -39,7 +39,7 @@ PROBE = textwrap.dedent("""
     net = SmallCNN(num_classes=4)
     data = [(torch.randn(8, 3, 16, 16), torch.randint(0, 4, (8,))) for _ in range(4)]
     from optcheck.recipe import FastNASStep
-    from optcheck.stages import fastnas_config
+    from optcheck.steps.fastnas import fastnas_config
     step = FastNASStep(kind="fastnas", flops="70%", channel_divisor=8, feature_divisor=8)
     sub, _ = mtp.prune(net, mode=[("fastnas", fastnas_config(step))], constraints={"flops": "70%"},
                        dummy_input=torch.zeros(1, 3, 16, 16),

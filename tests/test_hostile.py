@@ -122,12 +122,15 @@ def factory_model(fn: str) -> Callable[[dict], dict]:
     return edit(("model.name", f"hostile_factories:{fn}"), ("model.options", DELETE))
 
 
-BASELINE_ONLY = edit(("steps", []), ("budgets", {"accuracy_drop_under": 0.5}))
+# no search: one short fine-tune (a model FastNAS cannot convert, or one that breaks before any step)
+TRAIN_ONLY = edit(("steps", [{"kind": "finetune", "epochs": 1}]), ("budgets", {"accuracy_drop_under": 0.5}))
 
 CASES = [
     # -- the silent passes of the issue: every one of them is now an error or a judged budget -----
     Case("drop_zero_is_a_budget", Judged("accuracy_drop_under"), why="0 == False made the budget vanish"),
-    Case("pre_finetune_drop_zero_is_a_budget", Judged("pre_finetune_drop_under")),
+    Case("stage_drop_zero_is_a_budget", Judged("pruned::accuracy_drop_under")),
+    Case("pre_finetune_drop_under_of_old_recipes", Error("budgets.pre_finetune_drop_under",
+                                                         ("replaced by per-stage budgets", "[budgets.pruned]"))),
     Case("roundtrip_off_as_a_word", Error("budgets.restore_roundtrip", ("'off'", "true and false"))),
     Case("batch_size_quoted", Error("data.batch_size", ("without quotes", "batch_size = 32"))),
     Case("drop_quoted", Error("budgets.accuracy_drop_under", ("without quotes",))),
@@ -172,10 +175,13 @@ CASES = [
     Case("unknown_step_kind", Error("steps[0]", ("unknown or missing step kind", "'prune'"))),
     Case("fastnas_two_constraints", Error("steps[0]", ("exactly one of 'flops' or 'params'",))),
     Case("fastnas_no_constraint", Error("steps[0]", ("exactly one of 'flops' or 'params'",))),
-    Case("finetune_before_fastnas", Error("steps", ("put a 'fastnas' step before it",))),
+    Case("two_stages_with_one_name", Error("steps", ("two stages are named 'finetuned'", "name = 'finetuned2'"))),
+    Case("budgets_of_a_stage_that_does_not_exist", Error("budgets.prunned", ("no stage 'prunned'", "did you mean 'pruned'?"))),
+    Case("step_kind_removed_from_model_optimizer", Error("steps[0].kind", ("removed from Model Optimizer in 0.45",))),
+    Case("gpu_only_quantization_format_on_cpu", Error("steps[0].format", ("needs a CUDA GPU", "use a CPU format"))),
     Case("no_budgets_table", Error("budgets", ("missing required field",))),
     Case("only_the_baseline_floor", Error("budgets", ("at least one budget",))),
-    Case("pruning_budget_without_a_pruning_step", Error("steps", ("add a 'fastnas' step",))),
+    Case("budgets_without_any_step", Error("steps", ("compare the baseline with itself", "add a [[steps]] table"))),
     Case("unreachable_flops_target", Error("steps[0].flops", ("unreachable", "smallest subnet"))),
     Case("percent_of_zero", Error("budgets.params_below", ("(0%, 100%]",))),
     Case("percent_over_100", Error("steps[0].flops", ("(0%, 100%]",))),
@@ -200,14 +206,16 @@ CASES = [
     # -- correct inputs that must not be mistaken for hostile ones ---------------------------------
     Case("good", Passes()),
     Case("flops_below_100_percent_report_only", Passes()),
-    Case("baseline_only_recipe", Passes(), why="no pruning step: the baseline judged against itself"),
+    Case("finetune_before_fastnas", Passes(), why="any order of steps is a pipeline"),
+    Case("quantize_only_recipe", Passes()),
     Case("cifar10_not_on_disk", Skipped("CIFAR-10 not found")),
 ]
 
 RECIPES: dict[str, Callable[[dict], dict]] = {
     "drop_zero_is_a_budget": edit(("budgets.accuracy_drop_under", 0.0)),
-    "pre_finetune_drop_zero_is_a_budget": edit(("budgets.pre_finetune_drop_under", 0),
-                                               ("budgets.restore_roundtrip", False)),
+    "stage_drop_zero_is_a_budget": edit(("budgets.pruned", {"accuracy_drop_under": 0}),
+                                        ("budgets.restore_roundtrip", False)),
+    "pre_finetune_drop_under_of_old_recipes": edit(("budgets.pre_finetune_drop_under", 0.1)),
     "roundtrip_off_as_a_word": edit(("budgets.restore_roundtrip", "off")),
     "batch_size_quoted": edit(("data.batch_size", "32")),
     "drop_quoted": edit(("budgets.accuracy_drop_under", "0.2")),
@@ -230,7 +238,8 @@ RECIPES: dict[str, Callable[[dict], dict]] = {
     "unknown_model_option": edit(("model.options", {"widht": 8})),
     "model_option_optcheck_sets": edit(("model.options", {"num_classes": 3})),
     "unknown_torchvision_option": edit(("model.name", "torchvision:resnet18"), ("model.options", {"depth": 18}),
-                                       ("steps", []), ("budgets", {"accuracy_drop_under": 0.5})),
+                                       ("steps", [{"kind": "finetune", "epochs": 1}]),
+                                       ("budgets", {"accuracy_drop_under": 0.5})),
     "model_factory_raises": factory_model("raising_model"),
     "model_forward_returns_a_tuple": factory_model("tuple_model"),
     "model_head_ignores_num_classes": factory_model("fixed_head_model"),
@@ -242,16 +251,23 @@ RECIPES: dict[str, Callable[[dict], dict]] = {
     "dataset_factory_unknown_option": edit(("data.dataset", "hostile_factories:good_data"),
                                            ("data.options", {"root": "/data"})),
     "empty_val_split": factory_data("empty_val"),
-    "breaks_in_training": lambda r: factory_model("breaks_in_training")(BASELINE_ONLY(r)),
+    "breaks_in_training": lambda r: factory_model("breaks_in_training")(TRAIN_ONLY(r)),
     "budget_name_typo": edit(("budgets.acuracy_drop_under", 0.1)),
     "top_level_typo": edit(("seeed", 1)),
     "unknown_step_kind": edit(("steps.0.kind", "prune")),
     "fastnas_two_constraints": edit(("steps.0.params", "50%")),
     "fastnas_no_constraint": edit(("steps.0.flops", DELETE)),
     "finetune_before_fastnas": lambda r: {**r, "steps": list(reversed(r["steps"]))},
+    "two_stages_with_one_name": lambda r: {**r, "steps": r["steps"] + [{"kind": "finetune", "epochs": 1}]},
+    "budgets_of_a_stage_that_does_not_exist": edit(("budgets.prunned", {"accuracy_drop_under": 0.5})),
+    "step_kind_removed_from_model_optimizer": edit(("steps.0.kind", "gradnas")),
+    "gpu_only_quantization_format_on_cpu": edit(("steps", [{"kind": "quantize", "format": "nvfp4"}]),
+                                                ("budgets", {"accuracy_drop_under": 0.5})),
+    "quantize_only_recipe": edit(("steps", [{"kind": "quantize", "calib_batches": 2}]),
+                                 ("budgets", {"accuracy_drop_under": 0.5, "size_below": "30%", "restore_roundtrip": True})),
     "no_budgets_table": edit(("budgets", DELETE)),
     "only_the_baseline_floor": edit(("budgets", {"baseline_accuracy_at_least": 0.5})),
-    "pruning_budget_without_a_pruning_step": edit(("steps", [])),
+    "budgets_without_any_step": edit(("steps", [])),
     "unreachable_flops_target": edit(("steps.0.flops", "1%")),
     "percent_of_zero": edit(("budgets.params_below", "0%")),
     "percent_over_100": edit(("steps.0.flops", "150%")),
@@ -276,7 +292,6 @@ RECIPES: dict[str, Callable[[dict], dict]] = {
     "good": edit(),
     "flops_below_100_percent_report_only": edit(("budgets.flops_below", "100%"),
                                                 ("budgets.report_only", ["flops_below"])),
-    "baseline_only_recipe": BASELINE_ONLY,
     "cifar10_not_on_disk": edit(("data.dataset", "cifar10"), ("data.options", DELETE), ("data.root", "no-such-dir")),
 }
 
@@ -307,6 +322,9 @@ def junit_outcomes(path: Path) -> dict[str, dict[str, tuple[str, str]]]:
         if name.endswith(".toml") and not classname:  # a collection error: the node is the file
             out.setdefault(Path(name).name, {})["<collect>"] = (outcome, message)
         else:
+            if ".toml." in classname:  # an item of a [budgets.<stage>] table: recipes.x.toml.<stage>
+                classname, stage = classname.split(".toml.", 1)
+                classname, name = classname + ".toml", f"{stage}::{name}"
             file = classname.rsplit(".", 1)[0].replace("recipes.", "", 1) if classname.endswith(".toml") else classname
             out.setdefault(f"{file.split('.')[-2] if False else file}", {})[name] = (outcome, message)
     return out
@@ -464,7 +482,8 @@ def test_a_fastnas_subnet_over_its_own_constraint_is_a_step_error():
 
     from optcheck.errors import StepError
     from optcheck.recipe import FastNASStep
-    from optcheck.stages import Metrics, check_constraint
+    from optcheck.stages import Metrics
+    from optcheck.steps.fastnas import check_constraint
 
     step = FastNASStep(kind="fastnas", flops="60%")
     ctx = SimpleNamespace(recipe=SimpleNamespace(steps=[step]))

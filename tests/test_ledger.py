@@ -58,7 +58,7 @@ def test_a_valid_ledger_loads_and_a_missing_file_is_empty(tmp_path):
     (GOOD.replace("flops = 500", "flops = = 500"), 11, "not valid TOML"),
     (GOOD.replace("[tiny.cpu.pruned]", "[tinny.cpu.pruned]"), 9, "unknown recipe 'tinny'"),
     (GOOD.replace("[tiny.cpu.pruned]", "[tiny.tpu.pruned]"), 9, "unknown platform 'tpu'"),
-    (GOOD.replace("[tiny.cpu.pruned]", "[tiny.cpu.prunned]"), 9, "unknown stage 'prunned'"),
+    (GOOD.replace("[tiny.cpu.pruned]", "[tiny.cpu.prunned]"), 9, "did you mean 'pruned'?"),
     (GOOD.replace("params = 50\n", "param = 50\n"), 12, "unknown field 'param'"),
     (GOOD.replace("flops = 500", "flops = 500.5"), 11, "'flops' in [tiny.cpu.pruned] is 500.5"),
     (GOOD.replace("test_acc = 0.8", "test_acc = 80"), 10, "'test_acc'"),
@@ -67,7 +67,8 @@ def test_a_valid_ledger_loads_and_a_missing_file_is_empty(tmp_path):
 ])
 def test_each_bad_ledger_names_the_file_line_and_fix(tmp_path, text, line, words):
     with pytest.raises(LedgerError) as info:
-        load_ledger(write(tmp_path, text), {"tiny"}, display="recipes/optcheck-ledger.toml")
+        load_ledger(write(tmp_path, text), {"tiny": {"baseline", "pruned", "finetuned"}},
+                    display="recipes/optcheck-ledger.toml")
     message = str(info.value)
     assert message.startswith(f"recipes/optcheck-ledger.toml:{line}: "), message
     assert words in message and "fix: " in message and "not changed" in message

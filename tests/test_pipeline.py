@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from conftest import tiny_recipe
-from optcheck import stages
 from optcheck.errors import RecipeError, StepError
 from optcheck.pipeline import RecipeRun, StageFailed
 from optcheck.recipe import load_recipe
@@ -19,7 +18,7 @@ def run(tmp_path):
 
 
 def test_stages_and_final_stage(run):
-    assert run.available_stages() == ["baseline", "pruned", "restored", "finetuned"]
+    assert run.available_stages() == ["baseline", "pruned", "finetuned"]
     assert run.final_stage() == "finetuned"
 
 
@@ -27,11 +26,14 @@ def test_a_failed_stage_is_not_retried(run, monkeypatch):
     (run._workdir()).mkdir()
     calls = []
 
-    def broken(ctx):
+    def broken(ctx, parent, step, stages):
         calls.append(1)
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(stages, "train_baseline", broken)
+    import dataclasses
+
+    root = run.stages["baseline"]
+    monkeypatch.setitem(run.stages, "baseline", dataclasses.replace(root, kind=dataclasses.replace(root.kind, build=broken)))
     with pytest.raises(StepError, match="(?s)stage 'baseline'.*cause: RuntimeError: out of memory") as info:
         run.artifact("pruned")
     # one short message that names where the user's code raised, the original exception chained
@@ -43,13 +45,14 @@ def test_a_failed_stage_is_not_retried(run, monkeypatch):
 
 
 def test_asking_for_a_stage_the_recipe_lacks(tmp_path):
-    path = tmp_path / "base.toml"
-    path.write_text('[data]\ndataset = "synthetic"\n[model]\nname = "small_cnn"\n'
+    path = tmp_path / "q.toml"
+    path.write_text('[data]\ndataset = "synthetic"\n[model]\nname = "small_cnn"\n[[steps]]\nkind = "quantize"\n'
                     "[budgets]\naccuracy_drop_under = 0.5\n")
     run = RecipeRun(load_recipe(path), device="cpu")
-    assert run.available_stages() == ["baseline"]
-    with pytest.raises(RecipeError, match="no 'fastnas' step, so there is no pruned model"):
+    assert run.available_stages() == ["baseline", "quantized"]
+    with pytest.raises(RecipeError, match="no stage 'pruned'; its stages are baseline, quantized") as info:
         run.artifact("pruned")
+    assert "add a [[steps]] table with kind = 'fastnas'" in str(info.value)
 
 
 def test_a_stage_built_after_cached_ones_equals_one_built_in_sequence(tiny_run, tmp_path):

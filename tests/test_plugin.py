@@ -55,7 +55,7 @@ def test_with_the_flag_each_budget_is_an_item_and_the_table_is_printed(project):
         "optcheck results: tiny (*tiny.toml, seed 0)",
         "stage*test acc*FLOPs*params*checkpoint*time*",
         "baseline*(n=48)*",
-        "pruned*", "restored*", "fine-tuned*",
+        "pruned*", "finetuned*",
         "checks: baseline_accuracy_at_least passed, flops_below passed, accuracy_drop_under passed, "
         "restore_roundtrip passed",
         "baseline_accuracy_at_least: * vs floor 62.50% (auto: halfway from chance 25.00% to 100%*",
@@ -64,6 +64,25 @@ def test_with_the_flag_each_budget_is_an_item_and_the_table_is_printed(project):
     out = result.stdout.str()
     assert out.count("[optcheck] tiny: building baseline") == 1  # once per session
     assert "[optcheck] baseline: epoch 6/6" in out  # progress on the terminal
+
+
+def test_stage_budget_tables_are_items_under_the_stage_and_selectable_by_node_id(project):
+    budgets = ('flops_below = "70%"\naccuracy_drop_under = 0.25\n'
+               "[budgets.pruned]\nrestore_roundtrip = true\naccuracy_drop_under = 0.9\n")
+    (project.path / "recipes" / "tiny.toml").write_text(tiny_recipe(budgets=budgets))
+    result = project.runpytest_inprocess("--optcheck", "-v")
+    result.assert_outcomes(passed=5)
+    result.stdout.fnmatch_lines([
+        "recipes/tiny.toml::baseline_accuracy_at_least PASSED*",
+        "recipes/tiny.toml::flops_below PASSED*",
+        "recipes/tiny.toml::accuracy_drop_under PASSED*",
+        "recipes/tiny.toml::pruned::accuracy_drop_under PASSED*",
+        "recipes/tiny.toml::pruned::restore_roundtrip PASSED*",
+        "checks: baseline_accuracy_at_least passed, flops_below passed, accuracy_drop_under passed, "
+        "pruned::accuracy_drop_under passed, pruned::restore_roundtrip passed",
+    ])
+    one = project.runpytest_inprocess("--optcheck", "-v", "recipes/tiny.toml::pruned::restore_roundtrip")
+    one.assert_outcomes(passed=1)
 
 
 def test_quiet_hides_progress_but_keeps_the_table(project):
@@ -227,19 +246,31 @@ def test_fixtures_share_the_stages_with_recipe_items(project):
 
         pytestmark = pytest.mark.optcheck_recipe("recipes/tiny.toml")
 
-        def test_stages(optcheck_recipe, optcheck_run, trained_baseline, pruned_subnet, restored_model, finetuned_model):
+        def test_stages(optcheck_recipe, optcheck_run, trained_baseline, pruned_subnet, restored_model, finetuned_model,
+                        optcheck_artifacts):
             assert optcheck_recipe.name == "tiny"
-            assert pruned_subnet is optcheck_run.artifacts["pruned"]
+            assert list(optcheck_artifacts) == ["baseline", "pruned", "finetuned"]
+            # the session's stage, not a rebuild: same metrics; but a copy of its model
+            assert pruned_subnet.metrics is optcheck_run.artifacts["pruned"].metrics
+            assert pruned_subnet.model is not optcheck_run.artifacts["pruned"].model
+            assert optcheck_artifacts["finetuned"].metrics is finetuned_model.metrics
             assert trained_baseline.path.exists() and finetuned_model.path.exists()
             assert restored_model.metrics.flops == pruned_subnet.metrics.flops < trained_baseline.metrics.flops
             assert 0 <= finetuned_model.metrics.test_acc <= 1 and finetuned_model.metrics.test_n == 48
+
+        def test_a_test_that_changes_a_fixture_model_changes_no_verdict(finetuned_model):
+            import torch
+            with torch.no_grad():
+                for p in finetuned_model.model.parameters():
+                    p.zero_()  # would break accuracy_drop_under and restore_roundtrip if it were the session's
 
         def test_my_own_budget(trained_baseline, finetuned_model, optcheck_run):
             assert_flops_below(finetuned_model.model, "70%", dummy_input=optcheck_run.ctx.dummy_input(),
                                reference=trained_baseline.model)
     """)
-    result = project.runpytest_inprocess("--optcheck", "recipes", "test_hand.py")
-    result.assert_outcomes(passed=6)
+    # the user's tests first: the recipe items judge after a test zeroed its copy of the fine-tuned model
+    result = project.runpytest_inprocess("--optcheck", "test_hand.py", "recipes")
+    result.assert_outcomes(passed=7)
     assert result.stdout.str().count("tiny: building baseline") == 1
 
 

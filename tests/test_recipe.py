@@ -110,14 +110,68 @@ def test_unknown_dataset_or_model(tmp_path, old, new, field):
 
 
 def test_unknown_step_kind(tmp_path):
-    msg = error_for(tmp_path, BASE.replace('kind = "finetune"', 'kind = "quantize"'))
-    assert "field 'steps[1]'" in msg and "'quantize'" in msg and "fastnas' | 'finetune'" in msg
+    msg = error_for(tmp_path, BASE.replace('kind = "finetune"', 'kind = "prune"'))
+    assert "field 'steps[1]'" in msg and "'prune'" in msg
+    assert "'fastnas' | 'finetune' | 'quantize' | 'sparsify'" in msg  # every registered kind, listed
 
 
-def test_finetune_needs_fastnas_before_it(tmp_path):
-    text = BASE.replace('kind = "fastnas"\nflops = "50%"', 'kind = "finetune"').replace(
+def test_a_near_miss_kind_gets_a_suggestion(tmp_path):
+    assert "did you mean 'quantize'?" in error_for(tmp_path, BASE.replace('kind = "finetune"', 'kind = "quantise"'))
+
+
+@pytest.mark.parametrize("kind, needle", [("gradnas", "removed from Model Optimizer in 0.45"),
+                                          ("minitron", "needs megatron-core and a CUDA GPU")])
+def test_kinds_this_install_cannot_run_say_what_is_missing(tmp_path, kind, needle):
+    msg = error_for(tmp_path, BASE.replace('kind = "fastnas"\nflops = "50%"', f'kind = "{kind}"'))
+    assert "field 'steps[0].kind'" in msg and needle in msg and "use kind = 'fastnas'" in msg
+    assert "Traceback" not in msg
+
+
+def test_steps_of_any_kind_in_any_order_with_their_own_stage_names(tmp_path):
+    from optcheck.pipeline import stages_of
+
+    text = BASE.replace('[[steps]]\nkind = "finetune"\n', '[[steps]]\nkind = "finetune"\n[[steps]]\n'
+                        'kind = "quantize"\n[[steps]]\nkind = "finetune"\nname = "qat"\n[[steps]]\nkind = "sparsify"\n')
+    recipe = load_recipe(write(tmp_path, text))
+    assert stages_of(recipe) == ["baseline", "pruned", "finetuned", "quantized", "qat", "sparsified"]
+    before = BASE.replace('kind = "fastnas"\nflops = "50%"', 'kind = "finetune"').replace(
         '[[steps]]\nkind = "finetune"\n[budgets]', '[[steps]]\nkind = "fastnas"\nflops = "50%"\n[budgets]')
-    assert "put a 'fastnas' step before it" in error_for(tmp_path, text)
+    assert stages_of(load_recipe(write(tmp_path, before))) == ["baseline", "finetuned", "pruned"]
+
+
+def test_two_stages_with_one_name_are_refused_with_the_fix(tmp_path):
+    twice = BASE.replace('[[steps]]\nkind = "finetune"\n', '[[steps]]\nkind = "finetune"\n[[steps]]\nkind = "finetune"\n')
+    msg = error_for(tmp_path, twice)
+    assert "two stages are named 'finetuned' (steps[1] and steps[2])" in msg and "name = 'finetuned2'" in msg
+    assert "not file-safe" in error_for(tmp_path, BASE.replace('kind = "finetune"', 'kind = "finetune"\nname = "a b"'))
+
+
+def test_stage_budget_tables(tmp_path):
+    recipe = load_recipe(write(tmp_path, BASE + "[budgets.pruned]\naccuracy_drop_under = 0.2\nrestore_roundtrip = true\n"))
+    assert recipe.budgets.refs()[-2:] == [("pruned", "accuracy_drop_under"), ("pruned", "restore_roundtrip")]
+    assert recipe.budgets.table("pruned").accuracy_drop_under == 0.2
+    msg = error_for(tmp_path, BASE + "[budgets.prunned]\naccuracy_drop_under = 0.2\n")
+    assert "field 'budgets.prunned'" in msg and "no stage 'prunned'" in msg and "did you mean 'pruned'?" in msg
+    msg = error_for(tmp_path, BASE + "[budgets.finetuned]\naccuracy_drop_under = 0.2\n")
+    assert "is the final stage, which [budgets] judges" in msg
+    msg = error_for(tmp_path, BASE + "[budgets.baseline]\naccuracy_drop_under = 0.2\n")
+    assert "compare it with itself" in msg
+    msg = error_for(tmp_path, BASE + "[budgets.pruned]\nacuracy_drop_under = 0.2\n")
+    assert "field 'budgets.pruned.acuracy_drop_under'" in msg and "did you mean 'accuracy_drop_under'?" in msg
+    msg = error_for(tmp_path, BASE + "[budgets.pruned]\nsize_below = \"100%\"\n")
+    assert "field 'budgets.pruned.size_below'" in msg and "can never fail" in msg
+
+
+def test_pre_finetune_drop_under_says_how_to_write_it_now(tmp_path):
+    msg = error_for(tmp_path, BASE + "pre_finetune_drop_under = 0.1\n")
+    assert "field 'budgets.pre_finetune_drop_under'" in msg and "replaced by per-stage budgets" in msg
+    assert "[budgets.pruned] then accuracy_drop_under = 0.1" in msg
+
+
+def test_budgets_without_a_step_could_never_fail_and_are_refused(tmp_path):
+    text = '[data]\ndataset = "digits"\n[budgets]\naccuracy_drop_under = 0.5\n'
+    msg = error_for(tmp_path, text)
+    assert "field 'steps'" in msg and "compare the baseline with itself" in msg and "add a [[steps]] table" in msg
 
 
 def test_fastnas_needs_exactly_one_constraint(tmp_path):
@@ -161,10 +215,10 @@ def test_a_zero_budget_is_the_strictest_budget_not_a_missing_one(tmp_path):
     recipe = load_recipe(write(tmp_path, only_zero))  # before: 0.0 == False, dropped, "needs a budget"
     assert recipe.budgets.accuracy_drop_under == 0.0
     assert recipe.budgets.active() == ["baseline_accuracy_at_least", "accuracy_drop_under"]
-    both = load_recipe(write(tmp_path, BASE.replace("accuracy_drop_under = 0.01", "accuracy_drop_under = 0\n"
-                                                    "pre_finetune_drop_under = 0.0")))
-    assert both.budgets.active() == ["baseline_accuracy_at_least", "flops_below", "accuracy_drop_under",
-                                     "pre_finetune_drop_under"]
+    both = load_recipe(write(tmp_path, BASE.replace("accuracy_drop_under = 0.01", "accuracy_drop_under = 0\n")
+                             + "[budgets.pruned]\naccuracy_drop_under = 0.0\n"))
+    assert both.budgets.refs() == [(None, "baseline_accuracy_at_least"), (None, "flops_below"),
+                                   (None, "accuracy_drop_under"), ("pruned", "accuracy_drop_under")]
     off = load_recipe(write(tmp_path, BASE + "restore_roundtrip = false\n"))
     assert "restore_roundtrip" not in off.budgets.active()  # false still switches the round trip off
 

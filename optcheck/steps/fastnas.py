@@ -1,0 +1,222 @@
+"""``kind = "fastnas"``: Model Optimizer's FastNAS pruning (``mtp.prune``), saved with ``mto.save``.
+
+The search keeps the best subnet under one FLOPs or params constraint; optcheck re-estimates the
+subnet's BatchNorm statistics (``recalibrate_bn``), checks the step's own promise (a subnet over its
+constraint is an error here) and, before anything trains, that the target is reachable at all.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ..limits import check_limit
+from ..schema import Limit, StepConfig
+from . import StepKind
+
+
+class FastNASStep(StepConfig):
+    kind: Literal["fastnas"]
+    flops: Limit | None = None
+    params: Limit | None = None
+    channel_divisor: int = Field(16, ge=1)
+    feature_divisor: int = Field(16, ge=1)
+    calib_batches: int = Field(20, ge=1, description="BatchNorm calibration batches per subnet")
+    score_samples: int | None = Field(None, gt=0, description="val samples the score function uses")
+    score: Literal["log_prob", "accuracy"] = Field(
+        "log_prob", description="what the search maximises on the val split: the mean log-probability "
+        "of the true class (no ties), or top-1 accuracy (steps of 1/n: near-ties flip between machines)")
+    recalibrate_bn: bool = Field(
+        True, description="re-estimate the subnet's BatchNorm statistics on the train split after the "
+        "search (mtp.prune returns them stale: 10% -> 77% test accuracy measured on digits)")
+
+    @field_validator("flops", "params", mode="before")
+    @classmethod
+    def _limit(cls, v: object) -> object:
+        return v if v is None else check_limit(v)
+
+    @model_validator(mode="after")
+    def _one_constraint(self) -> "FastNASStep":
+        if (self.flops is None) == (self.params is None):
+            raise ValueError("give exactly one of 'flops' or 'params' (FastNAS takes one constraint)")
+        return self
+
+    @property
+    def constraint(self) -> tuple[str, Limit]:
+        return ("flops", self.flops) if self.flops is not None else ("params", self.params)  # type: ignore[return-value]
+
+
+def _index(ctx, step) -> int:
+    return next(i for i, s in enumerate(ctx.recipe.steps) if s is step or s == step)
+
+
+def fastnas_config(step: FastNASStep):
+    from ..compat import import_modelopt
+
+    _, _, mtp = import_modelopt()
+    config = mtp.fastnas.FastNASConfig()
+    for rule in ("nn.Conv1d", "nn.Conv2d", "nn.Conv3d"):
+        config[rule]["*"]["channel_divisor"] = step.channel_divisor
+    for rule in ("nn.BatchNorm1d", "nn.BatchNorm2d", "nn.BatchNorm3d", "nn.Linear"):
+        config[rule]["*"]["feature_divisor"] = step.feature_divisor
+    return config
+
+
+def build(ctx, parent, step: FastNASStep, stages):
+    """Search the best subnet under the step's constraint with ``mtp.prune`` and ``mto.save`` it."""
+    import time
+
+    from ..compat import import_modelopt
+    from ..stages import Artifact
+    from ..training import evaluate, mean_log_prob, recalibrate_batchnorm, seed_everything
+
+    _, mto, mtp = import_modelopt()
+    start = time.perf_counter()
+    seed_everything(ctx.seed)
+    model = parent.model
+    score_loader = ctx.eval_loader("val", step.score_samples)
+    measure_score = mean_log_prob if step.score == "log_prob" else (
+        lambda m, loader, device: evaluate(m, loader, device)[0])
+    scored = {"n": 0, "best": -float("inf"), "all": []}
+
+    def score_func(candidate) -> float:
+        score = measure_score(candidate, score_loader, ctx.device)
+        scored["n"] += 1
+        scored["best"] = max(scored["best"], score)
+        scored["all"].append(score)
+        if scored["n"] % 10 == 0:
+            ctx.log(f"fastnas: scored {scored['n']} subnets, best val {step.score} {scored['best']:.4f}")
+        return score
+
+    name, value = step.constraint
+    stage = step.name or KIND.stage
+    search_ckpt = ctx.workdir / f"{stage}_search_checkpoint.pth"
+    ctx.log(f"fastnas: searching under {name} <= {value} "
+            f"(channel_divisor={step.channel_divisor}, feature_divisor={step.feature_divisor})")
+    model, _state = mtp.prune(
+        model=model,
+        mode=[("fastnas", fastnas_config(step))],
+        constraints={name: value},
+        dummy_input=ctx.dummy_input(),
+        config={"data_loader": ctx.train_loader(), "score_func": score_func,
+                "checkpoint": str(search_ckpt), "max_iter_data_loader": step.calib_batches,
+                "verbose": False},
+    )
+    if step.recalibrate_bn:  # the subnet's BatchNorm statistics are those of the full model
+        seed_everything(ctx.seed)
+        recalibrate_batchnorm(model, ctx.train_loader(), ctx.device)
+    path = ctx.workdir / f"{stage}_modelopt.pth"
+    mto.save(model, path)
+    metrics = ctx.measure(model, path, time.perf_counter() - start)
+    from . import ROOT
+
+    check_constraint(ctx, step, metrics, stages(ROOT.stage).metrics, str(ctx.recipe.path))
+    ctx.log(f"fastnas: {scored['n']} subnets scored; subnet has {metrics.flops:,} FLOPs")
+    return Artifact(stage, model, metrics, path, {"modelopt": path, "search_checkpoint": search_ckpt},
+                    {"subnets_scored": scored["n"], "scores": scored["all"]})
+
+
+CONSTRAINT_SLACK = 1.05
+
+
+def check_constraint(ctx, step: FastNASStep, metrics, full, path: str) -> None:
+    """Raise ``StepError`` when the searched subnet misses the step's own FLOPs / params constraint."""
+    from ..errors import StepError
+    from ..limits import human, resolve_limit
+
+    name, limit = step.constraint
+    reference = full.flops if name == "flops" else full.params
+    target = resolve_limit(limit, reference, name)
+    got = metrics.flops if name == "flops" else metrics.params
+    # Model Optimizer judges its constraint with its own count on the converted model; optcheck's count
+    # of the exported subnet differs from it by up to 3.9% on ResNet20 at 16x16 (a 35% target: 7.37M
+    # FLOPs measured vs 7.10M) -- not yet explained. The check is for gross misses (a "60%" search that
+    # returned the full model), so it allows 5%.
+    if got <= target * CONSTRAINT_SLACK:
+        return
+    index = _index(ctx, step)
+    unit = " FLOPs" if name == "flops" else " params"
+    raise StepError(
+        path, f"steps[{index}] (kind = 'fastnas')",
+        f"the searched subnet has {human(got, unit)} ({got / reference:.1%} of the baseline), over the step's "
+        f"own constraint {name} = {limit!r} = {human(target, unit)}: Model Optimizer returned a subnet that "
+        "misses its target",
+        f"check steps[{index}] (a larger calib_batches, a data.batch_size of 8 or more for the BatchNorm "
+        "calibration); the constraint is checked in Model Optimizer's convention (2 x MACs, BatchNorm excluded)")
+
+
+# -- before anything trains ------------------------------------------------------------------------
+
+def key(recipe, step: FastNASStep, keys) -> dict:
+    return {}
+
+
+def search_space_bounds(ctx, step: FastNASStep, divisor: int | None = None) -> dict[str, float]:
+    """FLOPs and params of the smallest and the full subnet of the FastNAS search space."""
+    from ..compat import import_modelopt
+    from ..measure import count_flops, count_params
+
+    mtn, _, _ = import_modelopt()
+    if divisor is not None:
+        step = step.model_copy(update={"channel_divisor": divisor, "feature_divisor": divisor})
+    model = mtn.convert(ctx.make_model(), mode=[("fastnas", fastnas_config(step))])
+    out: dict[str, float] = {}
+    for which, pick in (("min", min), ("max", max)):
+        mtn.sample(model, pick)
+        out[f"{which}_flops"] = float(count_flops(model, ctx.dummy_input()))
+        # no forward pass: a training-mode BatchNorm on a batch of one would raise
+        out[f"{which}_params"] = float(count_params(model))
+    return out
+
+
+def check_target(ctx, step: FastNASStep, path: str, bounds: dict[str, float] | None = None) -> dict[str, float]:
+    """Raise ``RecipeError`` if no subnet of the search space meets the step's constraint."""
+    from ..errors import Problem, RecipeError
+    from ..limits import human, parse_percent
+
+    bounds = bounds if bounds is not None else search_space_bounds(ctx, step)
+    name, limit = step.constraint
+    lo, hi = bounds[f"min_{name}"], bounds[f"max_{name}"]
+    frac = parse_percent(limit)
+    target = frac * hi if frac is not None else float(limit)
+    if target >= lo:
+        return bounds
+    index = _index(ctx, step)
+    unit = " FLOPs" if name == "flops" else " params"
+    smaller = step.channel_divisor // 2
+    hint = ""
+    if smaller >= 1 and smaller != step.channel_divisor:
+        finer = search_space_bounds(ctx, step, smaller)[f"min_{name}"]
+        hint = (f"; with channel_divisor = feature_divisor = {smaller} the smallest subnet has "
+                f"{human(finer, unit)} ({finer / hi * 100:.0f}%)")
+    raise RecipeError(path, [Problem(
+        f"steps[{index}].{name}",
+        f"target {limit!r} = {human(target, unit)} is unreachable: the smallest subnet of this search "
+        f"space (channel_divisor={step.channel_divisor}, feature_divisor={step.feature_divisor}) "
+        f"has {human(lo, unit)} ({lo / hi * 100:.0f}% of the full model's {human(hi, unit)})",
+        f">= {human(lo, unit)} (>= {lo / hi * 100:.0f}%)",
+        f"raise steps[{index}].{name} to at least {lo / hi * 100:.0f}%, or lower the divisors{hint}",
+    )])
+
+
+def preflight(run, stage) -> None:
+    """The search space exists (divisors vs layer widths) and holds a subnet under the target; the
+    bounds (cached) also let the budgets check that an absolute limit can fail."""
+    from ..checks import search_space_errors
+    from ..quiet import library_noise
+
+    ctx, step = run.ctx, stage.step
+    with run._boundary(f"converting the model to the FastNAS search space ({stage.label})",
+                       fix=f"check steps[{stage.index}]'s divisors and that the model is a plain CNN "
+                           "that Model Optimizer can trace"):
+        with search_space_errors(ctx, step, stage.index, run.path), library_noise():
+            material = {"model": run.recipe.model.model_dump(), "input": list(ctx.data.input_shape),
+                        "classes": ctx.data.num_classes, "divisors": [step.channel_divisor, step.feature_divisor]}
+            bounds = run.cached_value("bounds", material, lambda: search_space_bounds(ctx, step))
+            run.bounds = check_target(ctx, step, run.path, bounds)
+
+
+KIND = StepKind(kind="fastnas", stage="pruned", build=build, schema=FastNASStep, searched=True,
+                key=key, preflight=preflight,
+                summary="mtp.prune FastNAS under one FLOPs / params constraint, BatchNorm re-estimated")

@@ -1,0 +1,121 @@
+"""``kind = "quantize"``: post-training quantization with ``mtq.quantize``, calibrated on
+``calib_batches`` batches of the train split, saved with ``mto.save``.
+
+The model keeps fp32 tensors with fake quantizers (FLOPs unchanged); ``measure.weight_bytes`` counts
+the weights at the quantizers' real bit-widths, the size a deployment would ship. A ``finetune``
+step after it is quantization-aware training.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from ..schema import StepConfig
+from . import StepKind
+
+# recipe name -> Model Optimizer config; all of these run on CPU (measured: digits accuracy kept, exact
+# mto.save / mto.restore round trip; ../shared/COMPRESSION-ON-CPU.md)
+FORMATS = {
+    "int8": "INT8_DEFAULT_CFG",
+    "int8_weight_only": "INT8_WEIGHT_ONLY_CFG",
+    "int8_smoothquant": "INT8_SMOOTHQUANT_CFG",
+    "int4_blockwise_weight_only": "INT4_BLOCKWISE_WEIGHT_ONLY_CFG",
+    "int4_awq": "INT4_AWQ_CFG",
+    "fp8": "FP8_DEFAULT_CFG",
+}
+# these fail at the first forward on CPU (CUDA-only kernels), so a CPU run refuses them up front
+GPU_FORMATS = {
+    "mxfp8": "MXFP8_DEFAULT_CFG",    # "Skipping extension modelopt_cuda_ext_mx because CUDA is not available"
+    "mxfp4": "MXFP4_DEFAULT_CFG",
+    "nvfp4": "NVFP4_DEFAULT_CFG",    # "amax must be a CUDA tensor for dynamic block quantization"
+    "nvfp4_awq": "NVFP4_AWQ_LITE_CFG",
+    "w4a8_awq": "W4A8_AWQ_BETA_CFG",
+}
+
+
+class QuantizeStep(StepConfig):
+    kind: Literal["quantize"]
+    format: Literal[tuple(FORMATS) + tuple(GPU_FORMATS)] = Field(  # type: ignore[valid-type]
+        "int8", description="int8 = INT8_DEFAULT_CFG (weights and activations, per-channel weights); "
+        "mxfp8 / mxfp4 / nvfp4 / nvfp4_awq / w4a8_awq need a CUDA GPU")
+    calib_batches: int = Field(16, ge=1, description="train-split batches the calibration forward loop sees")
+
+
+def config_of(step: QuantizeStep):
+    """The ``mtq`` config of the step's format (a ``RecipeError`` if this Model Optimizer lacks it)."""
+    from ..compat import import_modelopt
+
+    import_modelopt()
+    import modelopt.torch.quantization as mtq
+
+    name = {**FORMATS, **GPU_FORMATS}[step.format]
+    if not hasattr(mtq, name):
+        from importlib.metadata import version
+
+        from ..errors import Problem, RecipeError
+
+        raise RecipeError("<recipe>", [Problem(
+            "steps[].format", f"this Model Optimizer ({version('nvidia-modelopt')}) has no mtq.{name}",
+            ", ".join(FORMATS), "use another format, or the Model Optimizer version optcheck is tested with")])
+    return getattr(mtq, name)
+
+
+def calibration_batches(ctx, step: QuantizeStep):
+    """The inputs the calibration sees: the first ``calib_batches`` batches of the seeded train loader."""
+    for i, (x, _y) in enumerate(ctx.train_loader()):
+        if i >= step.calib_batches:
+            return
+        yield x
+
+
+def build(ctx, parent, step: QuantizeStep, stages):
+    import time
+
+    import torch
+
+    from ..compat import import_modelopt
+    from ..stages import Artifact
+    from ..training import seed_everything
+
+    _, mto, _ = import_modelopt()
+    import modelopt.torch.quantization as mtq
+
+    start = time.perf_counter()
+    seed_everything(ctx.seed)
+    model = parent.model.eval()  # calibration with BatchNorm's running statistics, as at inference
+    seen = {"batches": 0}
+
+    def forward_loop(m) -> None:
+        with torch.no_grad():
+            for x in calibration_batches(ctx, step):
+                m(x.to(ctx.device))
+                seen["batches"] += 1
+
+    model = mtq.quantize(model, config_of(step), forward_loop)
+    stage = step.name or KIND.stage
+    path = ctx.workdir / f"{stage}_modelopt.pth"
+    mto.save(model, path)
+    metrics = ctx.measure(model, path, time.perf_counter() - start)
+    ctx.log(f"quantize: {step.format} calibrated on {seen['batches']} batches; weights {metrics.size_bytes:,} bytes")
+    return Artifact(stage, model, metrics, path, {"modelopt": path},
+                    {"format": step.format, "calibration_batches": seen["batches"]})
+
+
+def preflight(run, stage) -> None:
+    """A format this device cannot run is a usage error before anything trains, never a crash after."""
+    from ..errors import Problem, RecipeError
+
+    step = stage.step
+    if step.format in GPU_FORMATS and run.ctx.device.type != "cuda":
+        cpu = ", ".join(FORMATS)
+        raise RecipeError(run.path, [Problem(
+            f"steps[{stage.index}].format",
+            f"format {step.format!r} ({GPU_FORMATS[step.format]}) needs a CUDA GPU: Model Optimizer runs its "
+            f"quantizers with CUDA kernels; this run's device is {run.ctx.device.type}",
+            cpu, f"use a CPU format ({cpu}), or run on a GPU machine (--optcheck-device=cuda)")])
+
+
+KIND = StepKind(kind="quantize", stage="quantized", build=build, schema=QuantizeStep, preflight=preflight,
+                summary="mtq.quantize post-training quantization, calibrated on train batches")
