@@ -21,6 +21,12 @@ LIBRARY_NOISE: tuple[tuple[str, type[Warning]], ...] = (
     (r"modelopt data queue not filled", UserWarning),
     (r"Per-rank checkpoint .* not found", UserWarning),
     (r"Checkpoint .* does not exist! Initializing from scratch", UserWarning),
+    # distillation (steps/finetune.py): optcheck passes student_loss, as the warning asks; the KD loss's
+    # kl_div(reduction="mean") also averages over classes (documented in the README), and mtd's export
+    # looks for transformers, which optcheck does not use
+    (r"`StaticLossBalancer` weights do not sum to 1\.0", UserWarning),
+    (r"reduction: 'mean' divides the total loss by both the batch size and the support size", UserWarning),
+    (r"Cannot find transformers package", UserWarning),
 )
 LIBRARY_MODULES = r"(modelopt|torch|torchprofile|pydantic)(\..*)?"
 
