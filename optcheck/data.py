@@ -24,13 +24,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .errors import DatasetMissing, Problem, RecipeError
+from .on_disk import (CIFAR10_FILES, CIFAR10_MEAN, CIFAR10_STD, DATA_DIR_ENV, check_cifar10,  # noqa: F401
+                      cifar10_root)
 from .recipe import DataConfig
 
-CIFAR10_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
-                 "test_batch", "batches.meta")
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-DATA_DIR_ENV = "OPTCHECK_DATA_DIR"
 
 
 @dataclass
@@ -241,28 +238,6 @@ def synthetic(cfg: DataConfig, seed: int) -> DataBundle:
     noise = float(opts["noise"]) * torch.randn(len(labels), 3, size, size, generator=g)
     images = (protos[labels] + noise).clamp(0, 1)
     return _from_tensors("synthetic", images, labels.numpy(), cfg, seed)
-
-
-def cifar10_root(cfg: DataConfig, base_dir: Path | None) -> Path:
-    """Where CIFAR-10 is looked for: ``data.root`` (relative to the recipe's folder), else
-    ``$OPTCHECK_DATA_DIR``, else ``~/.cache/optcheck/data``."""
-    if cfg.root is not None:
-        root = Path(os.path.expanduser(cfg.root))
-        return root if root.is_absolute() or base_dir is None else base_dir / root
-    return Path(os.environ.get(DATA_DIR_ENV) or Path.home() / ".cache" / "optcheck" / "data")
-
-
-def check_cifar10(root: Path) -> None:
-    """Raise ``DatasetMissing`` unless the python version of CIFAR-10 lies under ``root``."""
-    folder = root / "cifar-10-batches-py"
-    missing = [f for f in CIFAR10_FILES if not (folder / f).is_file()]
-    if missing:
-        raise DatasetMissing(
-            f"CIFAR-10 not found: looked in {folder} and missing {', '.join(missing)}. "
-            f"Extract cifar-10-python.tar.gz so that {folder} holds {', '.join(CIFAR10_FILES)}, or "
-            f"point the recipe's data.root (or ${DATA_DIR_ENV}) at the folder that contains "
-            "cifar-10-batches-py. optcheck never downloads data."
-        )
 
 
 def cifar10(cfg: DataConfig, seed: int, base_dir: Path | None = None) -> DataBundle:

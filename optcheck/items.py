@@ -13,8 +13,10 @@ DISABLED_REASON = "optcheck recipes run only with --optcheck (pytest --optcheck)
 
 
 class RecipeFile(pytest.File):
-    """``recipes/<name>.toml``: validated at collection, then one ``BudgetItem`` per budget and one
-    ``LedgerItem`` per cached stage (when the regression ledger is on)."""
+    """``recipes/<name>.toml``: its schema validated at collection (nothing imported, built or loaded:
+    collection also runs under ``--co``, on every xdist worker, and for deselected recipes), then one
+    ``BudgetItem`` per budget and one ``LedgerItem`` per stage (when the regression ledger is on). The
+    checks before training (``RecipeRun.preflight``) run when the first of its items is set up."""
 
     def collect(self):
         from .budgets import budget_id
@@ -25,35 +27,23 @@ class RecipeFile(pytest.File):
         state = get_state(self.config)
         try:
             recipe = load_recipe(self.path)
-            skip_reason = None
-            if state.enabled:
-                run = state.run_for(recipe)
-                try:
-                    run.preflight()
-                except DatasetMissing as exc:
-                    skip_reason = str(exc)
-            else:
-                run, skip_reason = None, DISABLED_REASON
         except RecipeError as exc:
             state.bad_recipes.add(self.nodeid)
             exc.path = self.nodeid.split("::")[0]  # as pytest shows it: relative to the rootdir
             raise self.CollectError(str(exc)) from None
-        except OptcheckError as exc:  # a StepError before training: this recipe alone fails to collect
-            state.bad_recipes.add(self.nodeid)
-            if self.config.getoption("fulltrace"):
-                raise
-            raise self.CollectError(str(exc).replace(str(self.path), self.nodeid.split("::")[0])) from None
+        if state.enabled:
+            from .on_disk import data_missing
+
+            run, skip_reason = state.run_for(recipe), data_missing(recipe)  # a file check, no import
+        else:
+            run, skip_reason = None, DISABLED_REASON
         items: list[pytest.Node] = [BudgetItem.from_parent(self, name=b, check=budget_id(None, b), budget=(None, b),
                                                            run=run) for b in recipe.budgets.active()]
         items += [StageBudgets.from_parent(self, name=stage, run=run) for stage in recipe.budgets.stages]
         if state.ledger is not None:
             for stage in stages_of(recipe):
-                item = LedgerItem.from_parent(self, name=f"ledger[{stage}]", check=f"ledger[{stage}]",
-                                              stage=stage, run=run)
-                entry = state.ledger.entry(recipe.name, run.ctx.device.type, stage) if run and run.has_ctx else None
-                if entry and "known_failure" in entry and state.update != "all":
-                    item.add_marker(pytest.mark.xfail(reason=entry["known_failure"], strict=True, raises=AssertionError))
-                items.append(item)
+                items.append(LedgerItem.from_parent(self, name=f"ledger[{stage}]", check=f"ledger[{stage}]",
+                                                    stage=stage, run=run))
         for item in items:
             item.add_marker(pytest.mark.xdist_group(f"optcheck-{recipe.name}"))
             if skip_reason:
@@ -102,9 +92,20 @@ class _CheckItem(pytest.Item):
         self.user_properties.append(("optcheck.recipe", get_state(self.config).relpath(self.path)))
         self.user_properties.append(("optcheck.check", check))
 
+    def prepare(self) -> None:
+        """The recipe's checks before training, once per run (``RecipeRun.prepare``), when the item
+        runs (not at setup: pytest shows a setup error with its whole traceback): a missing dataset
+        skips, a bad recipe or a failed check fails this item (the first with the whole error, the
+        others in one line)."""
+        try:
+            self.run.prepare()
+        except DatasetMissing as exc:
+            pytest.skip(str(exc))
+
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, (AssertionError, OptcheckError)) and not self.config.getoption("fulltrace"):
-            return str(excinfo.value)
+            # paths as pytest shows them: relative to the rootdir
+            return str(excinfo.value).replace(str(self.path), self.nodeid.split("::")[0])
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self):
@@ -124,6 +125,7 @@ class BudgetItem(_CheckItem):
         from .session import get_state
 
         state = get_state(self.config)
+        self.prepare()
         measured: dict[str, Any] = {}  # filled before an accuracy budget judges: kept when it fails
         from .quiet import library_noise
 
@@ -180,11 +182,21 @@ class LedgerItem(_CheckItem):
         super().__init__(**kwargs)
         self.stage = stage
 
+    def setup(self) -> None:
+        from .session import get_state
+        from .training import resolve_device
+
+        state = get_state(self.config)
+        entry = state.ledger.entry(self.run.recipe.name, resolve_device(self.run.device_name).type, self.stage)
+        if entry and "known_failure" in entry and state.update != "all":  # an accepted, ticketed failure
+            self.add_marker(pytest.mark.xfail(reason=entry["known_failure"], strict=True, raises=AssertionError))
+
     def runtest(self) -> None:
         from .ledger import judge
         from .session import get_state
 
         state = get_state(self.config)
+        self.prepare()
         run = self.run
         measured = run.artifact(self.stage).metrics.as_dict()
         platform = run.ctx.device.type

@@ -20,7 +20,6 @@ machine would produce.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import inspect
 import json
 from pathlib import Path
@@ -28,20 +27,13 @@ from typing import Any
 
 # optcheck modules whose code decides what an artifact contains; editing one invalidates the cache
 # (pipeline.py computes the FastNAS search-space bounds that are cached too)
-BUILD_MODULES = ("compat", "data", "measure", "models", "numerics", "pipeline", "stages", "training")
+BUILD_MODULES = ("compat", "data", "measure", "models", "numerics", "on_disk", "pipeline", "stages", "training")
 BUILD_PACKAGES = ("steps",)  # every module of these too
 _NOT_IN_KEY = {"root"}
 
 
 def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "absent"
 
 
 def optcheck_build_id() -> str:
@@ -62,15 +54,17 @@ def environment(device) -> dict[str, str]:
     """The parts of the machine and software stack an artifact depends on."""
     import torch
 
+    from .numerics import dist_version
+
     dev = device.type
     if dev == "cuda":
         dev = f"cuda:{torch.cuda.get_device_name(device)}"
     env = {
         "device": dev,
         "torch": torch.__version__,
-        "torchvision": _version("torchvision"),
-        "modelopt": _version("nvidia-modelopt"),
-        "torchprofile": _version("torchprofile"),
+        "torchvision": dist_version("torchvision"),
+        "modelopt": dist_version("nvidia-modelopt"),
+        "torchprofile": dist_version("torchprofile"),
         "optcheck": optcheck_build_id(),
     }
     if device.type == "cpu":  # CPU kernels split reductions by thread count: it changes the weights

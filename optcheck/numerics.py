@@ -57,11 +57,12 @@ def cpu_isa() -> str:
     return "+".join(f for f in ISA_FLAGS if f in flags) or "unknown"
 
 
-def _version(dist: str) -> str:
+def dist_version(dist: str, missing: str | None = "absent") -> str | None:
+    """The installed version of distribution ``dist``, or ``missing`` (keys, fingerprints, reports)."""
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
-        return "absent"
+        return missing
 
 
 def knobs() -> dict[str, str]:
@@ -83,7 +84,7 @@ def fingerprint(device=None) -> dict[str, object]:
         "isa": cpu_isa(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "modelopt": _version("nvidia-modelopt"),
+        "modelopt": dist_version("nvidia-modelopt"),
     })
     knob = knobs()
     if knob:

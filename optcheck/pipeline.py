@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from . import steps as registry
-from .errors import EvaluationError, OptcheckError, Problem, RecipeError, StepError, summarize_exception
+from .errors import (DatasetMissing, EvaluationError, OptcheckError, Problem, RecipeError, StepError,
+                     summarize_exception)
 from .recipe import Recipe
 
 
@@ -49,6 +50,7 @@ class RecipeRun:
         self._errors: dict[str, BaseException] = {}
         self._ctx = None
         self._preflight_done = False
+        self._preflight_error: BaseException | None = None
         self.bounds: dict[str, float] | None = None  # a searching step's smallest / full model (preflight)
         self._roundtrips: dict[str, Any] = {}
 
@@ -185,6 +187,24 @@ class RecipeRun:
         return self.plan[0].name
 
     # -- preflight -------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """``preflight`` once per run, its failure remembered: the first caller gets the whole error,
+        every later one a line that points at it (as a failed stage does)."""
+        if self._preflight_error is not None:
+            first = self._preflight_error
+            if isinstance(first, DatasetMissing):
+                raise first
+            lines = str(first).splitlines() or [""]
+            cause = (first.cause if isinstance(first, StepError) else
+                     lines[1].strip() if isinstance(first, RecipeError) and len(lines) > 1 else lines[0])
+            raise StageFailed(f"the checks before training of {self.path} failed earlier in this session (the "
+                              f"first check of the recipe shows the whole error): {cause}") from first
+        try:
+            self.preflight()
+        except (OptcheckError, Exception) as exc:
+            self._preflight_error = exc
+            raise
+
     def preflight(self) -> None:
         """Load the data, build the model, run one forward pass and each step kind's own checks (e.g.
         a FastNAS target is reachable), before anything trains.
@@ -310,7 +330,7 @@ class RecipeRun:
             artifact = self._build(stage, parent)
             self.events[stage] = {"cache": "off", "key": None, "seconds": time.perf_counter() - start}
             return artifact
-        self.preflight()
+        self.prepare()
         with self._cache_work():
             material = self.keys[stage]
             key = material["key"]
@@ -371,7 +391,7 @@ class RecipeRun:
         from .stages import Artifact
 
         parent = parent_of()
-        self.preflight()
+        self.prepare()
         ctx, plan = self.ctx, self.stages[stage]
         self.log(f"{self.recipe.name}: building {stage}")
         started = time.perf_counter()

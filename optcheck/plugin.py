@@ -101,6 +101,10 @@ def pytest_configure(config: pytest.Config) -> None:
     roots = [r.resolve() for r in _recipe_roots(config)]
     if state.enabled:
         _check_roots(config, roots)
+    # a .toml named on the command line is a recipe the user asked to run, wherever it lives
+    named = {(config.invocation_params.dir / arg.split("::")[0]).resolve() for arg in config.args
+             if arg.split("::")[0].endswith(".toml")}
+    roots += sorted(p for p in named if p.is_file() and not any(_inside(p, r) for r in roots))
     config.stash[_ROOTS] = roots
     if state.enabled:
         from .settings import open_cache, open_ledger, threads_setting

@@ -7,7 +7,6 @@ The results are what ``OptcheckState.merged()`` returns: one dict per recipe wit
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import platform
@@ -55,13 +54,6 @@ def verdict_of(report, props: dict[str, Any]) -> dict[str, Any]:
 
 # -- metadata ---------------------------------------------------------------------------------------------
 
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def git_info(cwd: Path) -> dict[str, Any]:
     def git(*args: str) -> str | None:
         try:
@@ -77,6 +69,8 @@ def git_info(cwd: Path) -> dict[str, Any]:
 
 
 def session_meta(config, state) -> dict[str, Any]:
+    from .numerics import dist_version
+
     gpu = None
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
@@ -90,7 +84,7 @@ def session_meta(config, state) -> dict[str, Any]:
         "machine": {"platform": platform.platform(), "machine": platform.machine(),
                     "processor": platform.processor() or None, "cpus": os.cpu_count(),
                     "python": platform.python_version(), "gpu": gpu, "host": platform.node()},
-        "versions": {d: _version(d) for d in ("torch", "torchvision", "nvidia-modelopt", "torchprofile",
+        "versions": {d: dist_version(d, None) for d in ("torch", "torchvision", "nvidia-modelopt", "torchprofile",
                                               "pytest", "pytest-xdist", "numpy")},
         "git": git_info(config.rootpath),
         "device": state.device, "threads": state.threads,

@@ -90,6 +90,7 @@ def known_recipe_names(roots: list[Path], ledger: Path) -> dict[str, set[str] | 
     from .steps import KINDS, ROOT
 
     names: dict[str, set[str] | None] = {}
+    files_of: dict[str, list[Path]] = {}
     for root in roots:
         files = [root] if root.is_file() else sorted(root.rglob("*.toml")) if root.is_dir() else []
         for f in files:
@@ -106,6 +107,15 @@ def known_recipe_names(roots: list[Path], ledger: Path) -> dict[str, set[str] | 
             except (AttributeError, KeyError, TypeError):
                 stages = None
             names[name] = None if stages is None or name in names else stages
+            if f.resolve() not in files_of.setdefault(name, []):
+                files_of[name].append(f.resolve())
+    twice = {n: fs for n, fs in files_of.items() if len(fs) > 1}
+    if twice:  # the ledger files entries by recipe name: two recipes with one name would share them
+        name, files = next(iter(sorted(twice.items())))
+        raise pytest.UsageError(
+            f"two recipes are named {name!r} ({', '.join(str(f) for f in files)}): the regression ledger "
+            f"keeps its entries by recipe name, so they would share them. Give one of them its own "
+            f"top-level name = \"...\" (or rename the file), or run with --optcheck-ledger off")
     return names
 
 

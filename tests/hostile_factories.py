@@ -103,3 +103,10 @@ class BreaksInTraining(nn.Module):
 
 def breaks_in_training(num_classes=4):
     return BreaksInTraining(num_classes)
+
+
+def plain_cnn(num_classes=4):
+    """A user's own model factory, as ``model.name = "hostile_factories:plain_cnn"`` names it."""
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes))

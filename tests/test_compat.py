@@ -107,11 +107,28 @@ def test_shim_makes_modelopt_ignore_batchnorm():
     from torchprofile import profile_macs
 
     with_bn = 2 * profile_macs(model.eval(), x)
-    assert count_flops(model, x) < with_bn  # the naive 'handlers' tuple shim would report with_bn
+    from modelopt.torch.nas.utils import inference_flops
+
+    # modelopt's own count, through the shim: BatchNorm dropped (the naive 'handlers' tuple shim would
+    # leave it in and report with_bn), equal to optcheck's count
+    assert inference_flops(model, dummy_input=x, unit=1) == count_flops(model, x) < with_bn
 
 
 def test_patch_is_idempotent():
-    assert patch_torchprofile() == patch_torchprofile()
+    import torchprofile.profile as profile
+
+    first = patch_torchprofile()
+    table = dict(getattr(profile, "HANDLER_MAP", {}))
+    handlers = profile.handlers
+    second = patch_torchprofile()
+    assert first == second == torchprofile_layout()
+    assert dict(getattr(profile, "HANDLER_MAP", {})) == table and profile.handlers == handlers
+    if first == "patched":  # the module class was swapped once, and its setter still writes through
+        assert type(profile).__name__ == "_ProfileModule"
+        profile.handlers = handlers[1:]
+        assert len(profile.HANDLER_MAP) == len(table) - len(handlers[0][0])
+        profile.handlers = handlers
+        assert dict(profile.HANDLER_MAP) == table
 
 
 def test_declared_dependencies_cover_modelopts_undeclared_imports():

@@ -54,24 +54,40 @@ def test_every_budget_and_ledger_check_passes(jobs):
     for check in ("flops_below", "params_below", "accuracy_drop_under", "restore_roundtrip",
                   "ledger[baseline]", "ledger[pruned]", "ledger[finetuned]"):
         assert f"PASSED {RECIPE}::{check}" in proc.stdout  # xdist -v: "[gw0] [ 14%] PASSED <node id>"
-    assert all(v["outcome"] == "passed" for v in digits(doc)["verdicts"].values())
+    built = [r for r in doc["recipes"] if r["stages"]]
+    assert len(built) >= 5  # every shipped digits recipe (the CIFAR-10 one skips without its data)
+    for recipe in built:
+        assert recipe["verdicts"] and all(v["outcome"] == "passed" for v in recipe["verdicts"].values()), recipe["path"]
+
+
+def _events_by_key(doc: dict) -> dict[str, list[str]]:
+    """Every cache event of every recipe, grouped by the artifact's content key."""
+    out: dict[str, list[str]] = {}
+    for recipe in doc["recipes"]:
+        for info in recipe["stages"].values():
+            for event in info["events"]:
+                out.setdefault(event["key"], []).append(event["cache"])
+    return out
 
 
 @pytest.mark.slow
 def test_two_workers_build_each_artifact_once(jobs):
+    """Across recipes too: the digits recipes share one baseline (and two of them one FastNAS subnet)."""
     (_, doc), _ = jobs
     assert doc["meta"]["workers"] == 2
-    for stage in ("baseline", "pruned", "finetuned"):
-        events = [e["cache"] for e in digits(doc)["stages"][stage]["events"]]
-        assert events.count("built") == 1, (stage, events)
+    events = _events_by_key(doc)
+    for key, outcomes in events.items():
+        assert outcomes.count("built") == 1, (key, outcomes)
+    digits_baseline = digits(doc)["stages"]["baseline"]["events"][0]["key"]
+    assert len(events[digits_baseline]) >= 5  # one baseline for every digits recipe
 
 
 @pytest.mark.slow
 def test_a_warm_rerun_builds_nothing_and_reports_the_same_numbers(jobs):
     (_, cold), (_, warm) = jobs
+    for key, outcomes in _events_by_key(warm).items():
+        assert all(o.startswith("hit") for o in outcomes), (key, outcomes)
     for stage in ("baseline", "pruned", "finetuned"):
-        events = digits(warm)["stages"][stage]["events"]
-        assert all(e["cache"].startswith("hit") for e in events), (stage, events)
         assert digits(warm)["stages"][stage]["metrics"] == digits(cold)["stages"][stage]["metrics"]
 
 
@@ -115,8 +131,11 @@ def test_the_committed_ledger_holds_under_other_numerics_paths(tmp_path):
     for name, proc in procs.items():  # both at once: one core each
         out, _ = proc.communicate(timeout=1800)
         assert proc.returncode == 0, f"{name}:\n{out[-6000:]}"
-        ledger = digits(json.loads((tmp_path / f"{name}.json").read_text()))["ledger"]
+        doc = json.loads((tmp_path / f"{name}.json").read_text())
+        ledger = digits(doc)["ledger"]
         assert set(ledger) == {"baseline", "pruned", "finetuned"} and not any(c["mismatches"] for c in ledger.values())
+        for recipe in (r for r in doc["recipes"] if r["stages"]):  # every shipped recipe's stages
+            assert recipe["ledger"] and not any(c["mismatches"] for c in recipe["ledger"].values()), recipe["path"]
 
 
 @pytest.mark.slow

@@ -219,11 +219,14 @@ def test_other_collection_errors_still_stop_the_session(project):
     assert "Interrupted: 2 errors during collection" in result.stdout.str()
 
 
-def test_unreachable_flops_target_is_a_collection_error(project):
+def test_unreachable_flops_target_fails_the_recipe_before_anything_trains(project):
     (project.path / "recipes" / "tiny.toml").write_text(tiny_recipe(flops="1%"))
+    collected = project.runpytest_inprocess("--optcheck", "--co", "-q")
+    assert collected.ret == 0  # collection validates the schema only: no data, no model, no search
     result = project.runpytest_inprocess("--optcheck")
-    result.assert_outcomes(errors=1)
+    result.assert_outcomes(failed=4)  # the first item with the whole error, the others in one line
     out = result.stdout.str()
+    assert out.count("failed earlier in this session") == 3
     assert "field 'steps[0].flops': target '1%'" in out and "is unreachable" in out
     assert "smallest subnet of this search space (channel_divisor=4, feature_divisor=4)" in out
     assert "raise steps[0].flops to at least" in out
@@ -337,9 +340,24 @@ def test_params_constraint_and_budget(project):
 
 
 def test_toml_files_outside_the_recipe_folders_are_not_collected(project):
-    (project.path / "settings.toml").write_text("[tool]\nx = 1\n")
-    result = project.runpytest_inprocess("--optcheck", "--collect-only", "-q", "settings.toml", "recipes")
-    assert "settings.toml" not in result.stdout.str().split("no tests ran")[0].replace("ERROR: ", "")
+    (project.path / "conf").mkdir()
+    (project.path / "conf" / "settings.toml").write_text("[tool]\nx = 1\n")
+    result = project.runpytest_inprocess("--optcheck", "--collect-only", "-q", ".")
+    assert result.ret == 0, result.stdout.str()  # collected fine: not a failure that hides the check
+    out = result.stdout.str()
+    assert "recipes/tiny.toml::flops_below" in out and "settings.toml" not in out
+
+
+def test_a_recipe_named_on_the_command_line_runs_wherever_it_lives(project):
+    (project.path / "elsewhere").mkdir()
+    (project.path / "elsewhere" / "mine.toml").write_text(tiny_recipe())
+    result = project.runpytest_inprocess("--optcheck", "-v", "elsewhere/mine.toml")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["elsewhere/mine.toml::flops_below PASSED*"])
+    (project.path / "elsewhere" / "settings.toml").write_text("[tool]\nx = 1\n")
+    named = project.runpytest_inprocess("--optcheck", "elsewhere/settings.toml")
+    assert named.ret != 0  # asked for by name: judged as a recipe, and this one is not
+    named.stdout.fnmatch_lines(["*elsewhere/settings.toml: invalid optcheck recipe*", "*budgets*"])
 
 
 LAZY_CONFTEST = """
@@ -364,3 +382,13 @@ def test_a_session_that_does_not_use_optcheck_imports_no_torch(pytester, with_re
     result.assert_outcomes(passed=1, skipped=4 if with_recipes else 0)
     seen = json.loads((pytester.path / "modules.json").read_text())
     assert seen == {"heavy": [], "plugin": True}
+
+
+def test_two_recipes_with_one_name_would_share_ledger_entries_and_are_refused(project):
+    (project.path / "recipes" / "more").mkdir()
+    (project.path / "recipes" / "more" / "tiny.toml").write_text(tiny_recipe())
+    result = project.runpytest_inprocess("--optcheck", "--optcheck-ledger", "recipes/optcheck-ledger.toml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*two recipes are named 'tiny'*own top-level name*"])
+    off = project.runpytest_inprocess("--optcheck", "--optcheck-ledger", "off", "--co", "-q")
+    assert off.ret == 0  # without the ledger, names need not be unique
