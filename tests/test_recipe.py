@@ -287,3 +287,19 @@ def test_no_coercion_between_strings_numbers_and_booleans(tmp_path, old, new, fi
 def test_integers_are_still_fine_where_a_number_is_expected(tmp_path):
     recipe = load_recipe(write(tmp_path, BASE.replace("[data]\n", "[train]\nlr = 1\nwarmup_epochs = 0\n[data]\n")))
     assert recipe.train.lr == 1.0 and isinstance(recipe.train.lr, float)
+
+
+@pytest.mark.parametrize("step, field, words", [
+    ('kind = "quantize"\nformat = "int3"', "steps[0].format", "'int8'"),
+    ('kind = "quantize"\ncalib_batches = 0', "steps[0].calib_batches", "greater than or equal to 1"),
+    ('kind = "quantize"\nbits = 8', "steps[0].bits", "unknown key"),
+    ('kind = "sparsify"\nmethod = "magnitude"', "steps[0].method", "'sparse_magnitude' or 'sparsegpt'"),
+    ('kind = "finetune"\ndistill = { temperature = 0 }', "steps[0].distill.temperature", "greater than 0"),
+    ('kind = "finetune"\ndistill = { kd_loss_weight = 1.5 }', "steps[0].distill.kd_loss_weight", "less than or equal to 1"),
+    ('kind = "finetune"\ndistill = { teacher = "pruned" }', "steps[0].distill.teacher", "unknown key"),
+    ('kind = "fastnas"\nflops = "50%"\nchannel_divisor = 0', "steps[0].channel_divisor", "greater than or equal to 1"),
+])
+def test_each_step_kind_names_its_bad_field(tmp_path, step, field, words):
+    text = f'[data]\ndataset = "digits"\n[[steps]]\n{step}\n[budgets]\naccuracy_drop_under = 0.01\n'
+    msg = error_for(tmp_path, text)
+    assert f"field '{field}'" in msg and words in msg, msg
