@@ -53,6 +53,7 @@ class RecipeRun:
         self._preflight_error: BaseException | None = None
         self.bounds: dict[str, float] | None = None  # a searching step's smallest / full model (preflight)
         self._roundtrips: dict[str, Any] = {}
+        self._upstream: dict[str, float] = {}  # stage -> seconds its build spent obtaining its parent
 
     def _own_workdir(self) -> Path:
         """Without a workdir factory (a ``RecipeRun`` outside pytest): a temporary folder removed when
@@ -328,7 +329,7 @@ class RecipeRun:
         start = time.perf_counter()
         if self.cache is None:
             artifact = self._build(stage, parent)
-            self.events[stage] = {"cache": "off", "key": None, "seconds": time.perf_counter() - start}
+            self.events[stage] = {"cache": "off", "key": None, "seconds": self._own(stage, start)}
             return artifact
         self.prepare()
         with self._cache_work():
@@ -348,15 +349,20 @@ class RecipeRun:
                         meta = {**stages.entry_meta(artifact), "recipe": self.recipe.name, "key_material": material}
                         stored = self._store(stage, key, artifact.files, meta)
                     self.events[stage] = {"cache": "built" if stored else "built (not cached)", "key": key,
-                                          "seconds": time.perf_counter() - start, "waited": waited}
+                                          "seconds": self._own(stage, start), "waited": waited}
                     return artifact
                 outcome = "hit (built by another process)"
         self.log(f"{self.recipe.name}: {stage} from cache ({self.cache.show(entry.path)})")
         artifact = stages.load_artifact(self.ctx, stage, self.stages[stage].kind, entry.files, entry.meta,
                                         load=lambda: self._load_model(stage, entry, parent))
-        self.events[stage] = {"cache": outcome, "key": key, "seconds": time.perf_counter() - start,
+        self.events[stage] = {"cache": outcome, "key": key, "seconds": self._own(stage, start),
                               "waited": waited}
         return artifact
+
+    def _own(self, stage: str, start: float) -> float:
+        """Seconds since ``start`` spent on ``stage`` itself: less the time its build spent obtaining
+        (building, loading) the stage it is built from."""
+        return time.perf_counter() - start - self._upstream.pop(stage, 0.0)
 
     def _load_model(self, stage: str, entry, parent):
         """A cached stage's model, when a check first needs it. Checksums matched but the files do not
@@ -396,7 +402,9 @@ class RecipeRun:
         from .quiet import library_noise
         from .stages import Artifact, load_model
 
+        started = time.perf_counter()
         parent = parent_of()
+        self._upstream[stage] = time.perf_counter() - started  # not this stage's time (``_own``)
         self.prepare()
         ctx, plan = self.ctx, self.stages[stage]
         self.log(f"{self.recipe.name}: building {stage}")
