@@ -393,12 +393,9 @@ class RecipeRun:
         built model (``mto.restore``; a state dict for the baseline).
 
         Never from the parent's in-memory model: a step may change the model it is given in place
-        (``mtq.quantize``, ``mts.sparsify``), and a deep copy of a restored Model Optimizer model does
-        not train like the restored model itself (measured on the tiny recipe: fine-tuning a deep copy
-        of the restored FastNAS subnet ended at 75.00% test accuracy, fine-tuning it restored afresh
-        at 77.08%, as does the in-memory subnet). A session that finds the parent in the cache can
-        only restore it, so building from the restored checkpoint is what makes a stage the same
-        whether or not its parent was built in this process (tests/test_pipeline.py)."""
+        (``mtq.quantize``, ``mts.sparsify``), and a session that finds the parent in the cache can
+        only restore it; building from the restored checkpoint keeps a stage the same whether or not
+        its parent was built in this process (tests/test_pipeline.py)."""
         from .quiet import library_noise
         from .stages import Artifact, load_model
 
