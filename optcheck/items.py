@@ -68,11 +68,13 @@ class StageBudgets(pytest.Collector):
                                          run=self.run)
 
 
-def buildable_recipes(items) -> int:
-    """How many recipe files have an item that will run (not skipped, e.g. for missing data)."""
-    files = {item.path for item in items if isinstance(item, _CheckItem)
-             and item.get_closest_marker("skip") is None}
-    return len(files)
+def buildable_recipes(items) -> list:
+    """The recipes with an item that will run (not skipped, e.g. for missing data), in order."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if isinstance(item, _CheckItem) and item.get_closest_marker("skip") is None and item.run is not None:
+            out.setdefault(str(item.path), item.run.recipe)
+    return list(out.values())
 
 
 class ReportOnlyBreach(UserWarning):

@@ -154,12 +154,14 @@ def data_fingerprint(bundle) -> str:
 
 # -- stage keys ----------------------------------------------------------------------------------------
 
-def stage_keys(recipe, data_bundle, device, seed: int) -> dict[str, dict[str, Any]]:
+def stage_keys(recipe, data_bundle, device, seed: int,
+               stage_threads: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
     """The key material of every stage of ``recipe``: ``{stage: material}``.
 
     The first stage (the baseline) hashes the data's contents, the model and training settings; each
     later stage hashes its parent's key, its step's table and what its kind adds (``StepKind.key``).
     ``material["key"]`` is the hash; the rest is kept in the cache manifest to explain a rebuild.
+    ``stage_threads`` names the stages built with another thread count than the process's (CPU).
     """
     from .steps import plan
 
@@ -167,7 +169,10 @@ def stage_keys(recipe, data_bundle, device, seed: int) -> dict[str, dict[str, An
     out: dict[str, dict[str, Any]] = {}
 
     def add(stage: str, material: dict[str, Any]) -> None:
-        material = {"stage": stage, "env": env, **material}
+        own = env
+        if stage_threads and stage in stage_threads and "threads" in env:
+            own = {**env, "threads": str(stage_threads[stage])}
+        material = {"stage": stage, "env": own, **material}
         out[stage] = {**material, "key": digest(material)}
 
     for stage in plan(recipe):
@@ -182,4 +187,22 @@ def stage_keys(recipe, data_bundle, device, seed: int) -> dict[str, dict[str, An
         extra = stage.kind.key(recipe, stage.step, out) if stage.kind.key is not None else {}
         add(stage.name, {"after": out[stage.parent]["key"], "kind": stage.kind.kind,
                          "step": stage.step.model_dump(exclude={"name"}), **extra})
+    return out
+
+
+def stage_lineage(recipe, seed: int) -> dict[str, str]:
+    """``{stage: signature}``: what each stage is built from, read from the recipe alone (no data, no
+    torch): the seed, ``[data]``, ``[model]``, ``[train]`` and the step tables up to the stage. Two
+    recipes' stages with one signature are one artifact (one cache key) in a session; the scheduler
+    uses it to find the stages every recipe waits for (``schedule.stage_threads``)."""
+    from .steps import plan
+
+    out: dict[str, str] = {}
+    for stage in plan(recipe):
+        if stage.parent is None:
+            out[stage.name] = digest({"seed": seed, "data": recipe.data.model_dump(exclude=_NOT_IN_KEY),
+                                      "model": recipe.model.model_dump(), "train": recipe.train.model_dump()})
+        else:
+            out[stage.name] = digest({"after": out[stage.parent], "kind": stage.kind.kind,
+                                      "step": stage.step.model_dump(exclude={"name"})})
     return out

@@ -38,6 +38,7 @@ class RecipeRun:
         self.plan = registry.plan(recipe)  # the stages in order: the baseline, then one per step
         self.stages = {stage.name: stage for stage in self.plan}
         self.threads = threads
+        self.stage_threads: dict[str, int] = {}  # stages built with another thread count (schedule.stage_threads)
         self.cache = cache  # an ``ArtifactCache``, or None: build everything
         self.events: dict[str, dict[str, Any]] = {}  # stage -> {"cache": hit|built|off, "key", "seconds"}
         self._keys: dict[str, dict[str, Any]] | None = None
@@ -69,9 +70,11 @@ class RecipeRun:
     def path(self) -> str:
         return str(self.recipe.path)
 
-    def set_threads(self, threads: int | None) -> None:
-        """Build with ``threads`` from now on (before anything is built: the keys hold the count)."""
+    def set_threads(self, threads: int | None, stage_threads: dict[str, int] | None = None) -> None:
+        """Build with ``threads`` from now on, and the stages in ``stage_threads`` with their own count
+        (before anything is built: the keys hold the counts)."""
         self.threads = threads
+        self.stage_threads = {s: n for s, n in (stage_threads or {}).items() if n != threads}
         self._keys = None
         if threads and self._ctx is not None:
             import torch
@@ -283,7 +286,7 @@ class RecipeRun:
         if self._keys is None:
             from .keys import stage_keys
 
-            self._keys = stage_keys(self.recipe, self.ctx.data, self.ctx.device, self.seed)
+            self._keys = stage_keys(self.recipe, self.ctx.data, self.ctx.device, self.seed, self.stage_threads)
         return self._keys
 
     # -- stages ------------------------------------------------------------------------------------
@@ -329,7 +332,8 @@ class RecipeRun:
         start = time.perf_counter()
         if self.cache is None:
             artifact = self._build(stage, parent)
-            self.events[stage] = {"cache": "off", "key": None, "seconds": self._own(stage, start)}
+            self.events[stage] = {"cache": "off", "key": None, "seconds": self._own(stage, start),
+                                  "threads": self.stage_threads.get(stage, self.threads)}
             return artifact
         self.prepare()
         with self._cache_work():
@@ -349,7 +353,8 @@ class RecipeRun:
                         meta = {**stages.entry_meta(artifact), "recipe": self.recipe.name, "key_material": material}
                         stored = self._store(stage, key, artifact.files, meta)
                     self.events[stage] = {"cache": "built" if stored else "built (not cached)", "key": key,
-                                          "seconds": self._own(stage, start), "waited": waited}
+                                          "seconds": self._own(stage, start), "waited": waited,
+                                          "threads": self.stage_threads.get(stage, self.threads)}
                     return artifact
                 outcome = "hit (built by another process)"
         self.log(f"{self.recipe.name}: {stage} from cache ({self.cache.show(entry.path)})")
@@ -404,9 +409,11 @@ class RecipeRun:
         self._upstream[stage] = time.perf_counter() - started  # not this stage's time (``_own``)
         self.prepare()
         ctx, plan = self.ctx, self.stages[stage]
-        self.log(f"{self.recipe.name}: building {stage}")
+        threads = self.stage_threads.get(stage)
+        self.log(f"{self.recipe.name}: building {stage}" + (f" ({threads} threads: every recipe needs it)"
+                                                             if threads else ""))
         started = time.perf_counter()
-        with library_noise(), self._boundary(f"stage '{stage}', built by {plan.label}",
+        with library_noise(), _torch_threads(threads), self._boundary(f"stage '{stage}', built by {plan.label}",
                             fix="see the cause; if it is raised in your own code (model, dataset), fix it "
                                 "there, else run with --fulltrace and report it with that output"):
             above = self.stages[plan.parent] if plan.parent else None
@@ -429,6 +436,22 @@ class RecipeRun:
             with library_noise():
                 self._roundtrips[stage] = load_model(self.ctx, self.stages[stage].kind, artifact.files)
         return self._roundtrips[stage]
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+    """torch's intra-op thread count set to ``threads`` inside (unchanged for None), restored after."""
+    if not threads:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _fix_for(exc: BaseException, fix: str, run: "RecipeRun") -> str:

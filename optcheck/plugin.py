@@ -243,7 +243,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items) -> None:
-    """On an xdist worker with ``auto`` threads: the recipes that will build are known now."""
+    """On an xdist worker with ``auto`` threads: the recipes that will build are known now (threads per
+    worker and per shared stage: ``schedule``)."""
     state = config.stash.get(STATE_KEY, None)
     if state is None or not state.enabled or not state.threads_auto:
         return

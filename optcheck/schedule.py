@@ -12,7 +12,11 @@ the node-id rewrite it relies on no longer takes effect), and the README's ``-n 
 select it anyway. An explicit ``--dist`` on the command line is respected.
 
 Threads: with fewer recipes to build than workers, a worker that builds alone should use the idle
-cores. ``threads_for`` gives a worker ``cores // min(workers, recipes to build)``.
+cores. ``threads_for`` gives a worker ``cores // min(workers, recipes to build)``. And a stage that
+every recipe to build needs (the shipped digits recipes share one baseline) is built by one worker
+while the others wait on its cache lock: ``stage_threads`` gives such a stage all the cores. Both are
+decided from the collected recipes alone, the same on every worker, so a session's cache keys (which
+hold the thread count) do not depend on which worker got there first.
 """
 
 from __future__ import annotations
@@ -57,3 +61,15 @@ def threads_for(workers: int, recipes: int, cores: int | None = None) -> int | N
     cores = cores or usable_cores()
     busy = max(1, min(workers, recipes))
     return max(1, cores // busy)
+
+
+def stage_threads(lineages: list[dict[str, str]], cores: int | None = None) -> list[dict[str, int]]:
+    """For each recipe to build (``keys.stage_lineage``: stage -> what it is built from), the stages
+    that every one of them needs, with all the cores: no other build can start before such a stage
+    exists, so its builder would otherwise leave the waiting workers' cores idle. Empty with fewer
+    than two recipes (one recipe already gets every core: ``threads_for``)."""
+    if len(lineages) < 2:
+        return [{} for _ in lineages]
+    cores = cores or usable_cores()
+    common = set.intersection(*(set(lin.values()) for lin in lineages))
+    return [{stage: cores for stage, sig in lin.items() if sig in common} for lin in lineages]

@@ -77,18 +77,26 @@ class OptcheckState:
         return RecipeRun(recipe, device=self.device, seed=seed, workdir=workdir, log=self.log,
                          cache=self.cache, threads=self.threads)
 
-    def retune_threads(self, recipes: int) -> None:
-        """After collection, with ``auto`` threads under xdist: a worker with idle siblings (fewer
-        recipes to build than workers) builds with their cores too. Cache keys hold the thread count,
-        so they are recomputed."""
+    def retune_threads(self, recipes: list) -> None:
+        """After collection, with ``auto`` threads under xdist, given the recipes that will build: a
+        worker with idle siblings (fewer recipes than workers) builds with their cores too, and a stage
+        every recipe needs is built with all the cores (``schedule.stage_threads``). Cache keys hold
+        the thread count, so they are recomputed."""
         if not self.threads_auto:
             return
-        threads = worker_threads("auto", recipes)
-        if threads == self.threads:
-            return
-        self.threads = threads
+        from .keys import stage_lineage
+        from .schedule import stage_threads
+
+        self.threads = worker_threads("auto", len(recipes))
+        runs = [run for recipe in recipes for run in self.seed_runs_for(recipe)]
+        lineages = [stage_lineage(run.recipe, run.seed) for run in runs]
+        # without a cache there is no lock: every worker would build the shared stage, all at once
+        shared = stage_threads(lineages) if self.threads and self.cache is not None else [{} for _ in runs]
+        for run, own in zip(runs, shared):
+            run.set_threads(self.threads, own)
         for run in [*self.runs.values(), *self.extra_runs.values()]:
-            run.set_threads(threads)
+            if run not in runs:
+                run.set_threads(self.threads)
 
     def relpath(self, path) -> str:
         try:

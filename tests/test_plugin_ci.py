@@ -300,6 +300,30 @@ def test_under_xdist_each_recipe_runs_on_one_worker_and_recipes_build_side_by_si
         assert [e["cache"] for e in events].count("off") == 3, events  # built once, without a cache
 
 
+def test_under_xdist_the_baseline_every_recipe_needs_is_built_with_all_the_cores(project):
+    """Two recipes that share their baseline: one worker builds it while the other waits on its lock,
+    so it gets both workers' cores; the recipes' own stages then build side by side, one core each.
+    The same split on both workers (decided from the collected recipes), so both find one cache key."""
+    (project.path / "recipes" / "other.toml").write_text(tiny_recipe(flops="65%"))
+    report = project.path / "report.json"
+    result = project.runpytest_subprocess("--optcheck", "-n", "2", "-v", "--optcheck-ledger", "off",
+                                          "--optcheck-report", str(report), "-p", "no:cacheprovider",
+                                          timeout=600)
+    result.assert_outcomes(passed=8)
+    cores = len(os.sched_getaffinity(0))
+    doc = json.loads(report.read_text())
+    by_recipe = {r["recipe"]: r for r in doc["recipes"]}
+    baseline = [e for r in by_recipe.values() for e in r["stages"]["baseline"]["events"]]
+    assert sorted(e["cache"] for e in baseline) == ["built", "hit (built by another process)"], baseline
+    assert len({e["key"] for e in baseline}) == 1, baseline  # one artifact: the same key on both workers
+    assert [e["threads"] for e in baseline if e["cache"] == "built"] == [cores]
+    for r in by_recipe.values():
+        assert r["threads"] == max(1, cores // 2)
+        for stage in ("pruned", "finetuned"):
+            assert [e["threads"] for e in r["stages"][stage]["events"]] == [max(1, cores // 2)], r["stages"][stage]
+    assert f"({cores} threads: every recipe needs it)" in result.stdout.str()  # the workers' progress
+
+
 def test_an_explicit_dist_mode_is_respected(project):
     """``--dist load`` on the command line: the user chose xdist's own scheduling (items spread)."""
     result = project.runpytest_subprocess("--optcheck", "-n", "2", "--dist", "load", "-v",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from optcheck.schedule import explicit_dist, recipe_scope, threads_for
+from optcheck.schedule import explicit_dist, recipe_scope, stage_threads, threads_for
 
 
 @pytest.mark.parametrize(("nodeid", "scope"), [
@@ -42,3 +42,35 @@ def test_an_explicit_dist_is_recognised(args, explicit):
 ])
 def test_threads_share_the_cores_among_workers_that_build(workers, recipes, cores, threads):
     assert threads_for(workers, recipes, cores) == threads
+
+
+def test_a_stage_every_recipe_needs_gets_all_the_cores():
+    a = {"baseline": "B", "pruned": "P", "finetuned": "F1"}
+    b = {"baseline": "B", "pruned": "P", "distilled": "D"}
+    c = {"baseline": "B", "quantized": "Q"}
+    assert stage_threads([a, b], cores=4) == [{"baseline": 4, "pruned": 4}, {"baseline": 4, "pruned": 4}]
+    assert stage_threads([a, b, c], cores=2) == [{"baseline": 2}, {"baseline": 2}, {"baseline": 2}]
+    other_seed = {"baseline": "B1", "quantized": "Q1"}
+    assert stage_threads([a, other_seed], cores=2) == [{}, {}]  # nothing shared: the usual split
+    assert stage_threads([a], cores=2) == [{}]  # one recipe already gets every core
+    assert stage_threads([], cores=2) == []
+
+
+def test_the_stage_lineage_follows_what_a_stage_is_built_from(tmp_path):
+    from conftest import tiny_recipe
+
+    from optcheck.keys import stage_lineage
+    from optcheck.recipe import load_recipe
+
+    def lineage(text, seed=0, name="r.toml"):
+        (tmp_path / name).write_text(text)
+        return stage_lineage(load_recipe(tmp_path / name), seed)
+
+    base = lineage(tiny_recipe())
+    assert list(base) == ["baseline", "pruned", "finetuned"]
+    assert lineage(tiny_recipe(), name="copy.toml") == base  # the file's name is not what it builds
+    assert lineage(tiny_recipe(), seed=1)["baseline"] != base["baseline"]
+    other_target = lineage(tiny_recipe(flops="65%"))
+    assert other_target["baseline"] == base["baseline"] and other_target["pruned"] != base["pruned"]
+    budgets_only = lineage(tiny_recipe(budgets='flops_below = "80%"\n'))
+    assert budgets_only == base  # budgets judge a stage; they do not build it
