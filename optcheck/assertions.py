@@ -410,8 +410,8 @@ def _roundtrip_hint(problems: list[tuple[str, str]], expected_modes: list[str],
                     actual_modes: list[str]) -> str:
     aspects = {a for a, _ in problems}
     if expected_modes and actual_modes != expected_modes:
-        return (f"this model was pruned ({', '.join(expected_modes)}): restore it with mto.restore, "
-                "not load_state_dict; a plain state dict cannot rebuild the subnet's architecture")
+        return (f"Model Optimizer converted this model ({', '.join(expected_modes)}): restore it with "
+                "mto.restore, not load_state_dict; a plain state dict cannot rebuild what the modes changed")
     if "architecture" in aspects:
         return "make_model() must build the same model that was compressed, before any compression"
     if aspects == {"outputs"}:
@@ -437,31 +437,98 @@ def mto_restore(model: Any, path: str | Path) -> Any:
     return mto.restore(model, path)
 
 
-def assert_restore_roundtrip(model: Any, make_model: Callable[[], Any], *, example_input: Any,
-                             atol: float = 0.0, rtol: float = 0.0,
-                             restore: Callable[[Any, Path], Any] = mto_restore) -> Any:
-    """Save ``model`` with ``mto.save``, restore it into ``make_model()`` and compare the two.
-
-    Compares the architecture (module types and parameter shapes), the state dict,
-    ``mto.modelopt_state`` and eval-mode outputs on ``example_input`` (exact unless ``atol`` /
-    ``rtol``). ``restore(fresh_model, path)`` is ``mto.restore`` unless you test your own restore
-    code. Returns the restored model.
-    """
-    __tracebackhide__ = True
+def _mto_save(model: Any, path: Path) -> None:
     from .compat import import_modelopt
 
     _, mto, _ = import_modelopt()
+    mto.save(model, path)
+
+
+def _tp_save(model: Any, path: Path) -> None:
+    import torch
+    import torch_pruning as tp
+
+    torch.save(tp.state_dict(model), path)
+
+
+def _tp_restore(fresh: Any, path: Path) -> Any:
+    # a pickle (tp.state_dict keeps the pruned layers' attributes): this process wrote it just now
+    import torch
+    import torch_pruning as tp
+
+    return tp.load_state_dict(fresh, state_dict=torch.load(path, map_location="cpu", weights_only=False))
+
+
+def _sd_save(model: Any, path: Path) -> None:
+    import torch
+
+    torch.save(model.state_dict(), path)
+
+
+def _sd_restore(fresh: Any, path: Path) -> Any:
+    import torch
+
+    fresh.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return fresh
+
+
+# engine -> (save(model, path), restore(fresh_model, path) -> model)
+ENGINES: dict[str, tuple[Callable[[Any, Path], None], Callable[[Any, Path], Any]]] = {
+    "modelopt": (_mto_save, mto_restore),
+    "torch_pruning": (_tp_save, _tp_restore),
+    "state_dict": (_sd_save, _sd_restore),
+}
+
+
+def _shapes(model: Any) -> dict[str, tuple]:
+    return {name: tuple(t.shape) for name, t in model.state_dict().items() if hasattr(t, "shape")}
+
+
+def pick_engine(model: Any, fresh: Any) -> str:
+    """``modelopt`` for a model Model Optimizer converted, or whose architecture is a fresh model's;
+    ``torch_pruning`` for one whose layer shapes changed outside Model Optimizer (a Torch-Pruning
+    subnet: only ``tp.state_dict`` rebuilds it)."""
+    if _modelopt_modes(model):
+        return "modelopt"
+    return "torch_pruning" if _shapes(model) != _shapes(fresh) else "modelopt"
+
+
+def assert_restore_roundtrip(model: Any, make_model: Callable[[], Any], *, example_input: Any,
+                             atol: float = 0.0, rtol: float = 0.0,
+                             restore: Callable[[Any, Path], Any] | None = None,
+                             engine: str = "auto") -> Any:
+    """Save ``model``, restore it into ``make_model()`` and compare the two.
+
+    ``engine`` is how a checkpoint of this model is saved and restored: ``modelopt`` (``mto.save`` /
+    ``mto.restore``), ``torch_pruning`` (``tp.state_dict`` / ``tp.load_state_dict``), ``state_dict``
+    (``torch.save(model.state_dict())`` / ``load_state_dict``), or ``auto`` (``pick_engine``: Model
+    Optimizer's unless the layer shapes differ from ``make_model()``'s without Model Optimizer having
+    converted the model). Compares the architecture (module types and parameter shapes), the state
+    dict, ``mto.modelopt_state`` and eval-mode outputs on ``example_input`` (exact unless ``atol`` /
+    ``rtol``). ``restore(fresh_model, path)`` replaces the engine's restore (to test your own restore
+    code). Returns the restored model.
+    """
+    __tracebackhide__ = True
+    if engine not in ("auto", *ENGINES):
+        raise ValueError(f"engine={engine!r}: use auto, {', '.join(ENGINES)}")
+    fresh = make_model()
+    if engine == "auto":
+        engine = pick_engine(model, fresh)
+    save, default_restore = ENGINES[engine]
     with tempfile.TemporaryDirectory(prefix="optcheck-roundtrip-") as tmp:
         path = Path(tmp) / "model.pth"
-        mto.save(model, path)
+        save(model, path)
         try:
-            restored = restore(make_model(), path)
+            restored = (restore or default_restore)(fresh, path)
         except Exception as exc:  # noqa: BLE001 - any failure to restore is the finding
             modes = _modelopt_modes(model)
             detail = " ".join(line.strip() for line in str(exc).splitlines()[:2])[:400]
-            _fail("restore_roundtrip", [("restore", f"raised {type(exc).__name__}: {detail}")],
-                  _roundtrip_hint([("architecture", "")], modes, []) if modes else
-                  "make_model() must build the same model that was saved")
+            hint = (_roundtrip_hint([("architecture", "")], modes, []) if modes else
+                    "make_model() must build the same model that was saved"
+                    + ("; a Torch-Pruning subnet restores with engine='torch_pruning' (tp.load_state_dict)"
+                       if engine != "torch_pruning" and "size mismatch" in str(exc) else ""))
+            _fail("restore_roundtrip", [("restore", f"{engine} restore raised {type(exc).__name__}: {detail}")],
+                  hint)
     device = next((p.device for p in model.parameters()), None)
     if device is not None:
         restored = restored.to(device)

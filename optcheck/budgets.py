@@ -90,14 +90,20 @@ def _accuracy_drop(j: Judged) -> dict[str, Any]:
 
 
 def _roundtrip(j: Judged) -> dict[str, Any]:
-    """``mto.save`` of the stage's model, ``mto.restore`` into a freshly built model, compared."""
-    from .assertions import assert_restore_roundtrip
+    """The stage's model saved and restored by its engine (``mto.save`` / ``mto.restore``, or
+    Torch-Pruning's for a Torch-Pruning subnet) into a freshly built model of the architecture it
+    descends from, compared."""
+    from .assertions import assert_restore_roundtrip, pick_engine
+    from .stages import fresh_model
 
     tol = {} if j.limit is True else {"atol": j.limit.atol, "rtol": j.limit.rtol}
-    ctx = j.run.ctx
+    ctx, subject = j.run.ctx, j.subject
+    kind = j.run.stages[j.stage].kind
     example = next(iter(ctx.test_loader))[0][:8].to(ctx.device)
-    assert_restore_roundtrip(j.subject.model, ctx.make_model, example_input=example, **tol)
-    return {"roundtrip": "exact" if not tol else tol}
+    engine = pick_engine(subject.model, fresh_model(ctx, subject.files, kind))
+    assert_restore_roundtrip(subject.model, lambda: fresh_model(ctx, subject.files, kind), example_input=example,
+                             engine=engine, **tol)
+    return {"roundtrip": "exact" if not tol else tol, "engine": engine}
 
 
 JUDGES: dict[str, Callable[[Judged], dict[str, Any]]] = {

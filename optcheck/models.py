@@ -13,13 +13,16 @@ from .errors import Problem, RecipeError
 from .recipe import ModelConfig
 
 
-class LambdaLayer(nn.Module):
-    def __init__(self, fn):
+class PadShortcut(nn.Module):
+    """Option A shortcut: subsample by 2 and zero-pad ``pad`` channels on each side; no parameters.
+    A module, not a lambda: Torch-Pruning's ``tp.state_dict`` pickles the modules' attributes."""
+
+    def __init__(self, pad: int):
         super().__init__()
-        self.fn = fn
+        self.pad = pad
 
     def forward(self, x):
-        return self.fn(x)
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad), "constant", 0)
 
 
 class BasicBlock(nn.Module):
@@ -33,10 +36,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut: nn.Module = nn.Sequential()
         if stride != 1 or in_planes != planes:
-            pad = planes // 4  # option A: subsample and zero-pad the channels, no parameters
-            self.shortcut = LambdaLayer(
-                lambda x: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, pad, pad), "constant", 0)
-            )
+            self.shortcut = PadShortcut(planes // 4)  # option A: zero-pad the channels, no parameters
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))

@@ -402,7 +402,7 @@ class RecipeRun:
         only restore it; building from the restored checkpoint keeps a stage the same whether or not
         its parent was built in this process (tests/test_pipeline.py)."""
         from .quiet import library_noise
-        from .stages import Artifact, load_model
+        from .stages import Artifact, architecture_files, load_model
 
         started = time.perf_counter()
         parent = parent_of()
@@ -421,6 +421,8 @@ class RecipeRun:
                 parent.stage, None, parent.metrics, parent.path, parent.files, parent.info,
                 load=lambda: load_model(ctx, above.kind, parent.files))
             artifact = plan.kind.build(ctx, given, plan.step, self.artifact)
+            if parent is not None:  # carried along: its own checkpoint restores into that architecture
+                artifact.files = {**architecture_files(parent.files), **artifact.files}
         self.log(f"{self.recipe.name}: built {stage} in {time.perf_counter() - started:.1f} s "
                  f"(test acc {artifact.metrics.test_acc:.2%}, {artifact.metrics.flops:,} FLOPs)")
         return artifact

@@ -217,6 +217,9 @@ def terminal_lines(state, written: list[str]) -> list[str]:
             explain = (v.get("details") or {}).get("explain")
             if explain:
                 lines.append(f"{check}: {explain}")
+        for stage, info in r["stages"].items():
+            if info.get("iterations"):
+                lines += iteration_table(stage, info["iterations"], info["metrics"])
         cache = cache_summary(r["stages"])
         replayed = [c for c, v in r.get("verdicts", {}).items() if (v.get("details") or {}).get("verdict_cache") == "hit"]
         if replayed:  # said out loud: these were not measured again in this session
@@ -231,6 +234,30 @@ def terminal_lines(state, written: list[str]) -> list[str]:
     lines.append(f"optcheck cache: {state.cache_note}; ledger: {doc['meta']['ledger'] or 'off'}")
     lines += written
     return lines
+
+
+def iteration_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """A stage built in iterations (Torch-Pruning's steps): header and one row per iteration."""
+    from .limits import human
+
+    tuned = any("val_acc_finetuned" in row for row in rows)
+    header = ["step", "FLOPs", "params", "val acc"] + (["val acc after fine-tune"] if tuned else [])
+    body = []
+    for row in rows:
+        cells = [str(row["step"]), human(row["flops"]), human(row["params"]), _pct(row.get("val_acc"))]
+        if tuned:
+            cells.append(_pct(row["val_acc_finetuned"]) if "val_acc_finetuned" in row else "-")
+        body.append(cells)
+    return header, body
+
+
+def iteration_table(stage: str, rows: list[dict[str, Any]], metrics: dict[str, Any]) -> list[str]:
+    header, body = iteration_rows(rows)
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
+    out = [f"{stage}: {len(rows)} iterations (then test acc {_pct(metrics.get('test_acc'))})"]
+    for cells in [header, ["-" * w for w in widths], *body]:
+        out.append("  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+    return out
 
 
 def _pct(x: float | None) -> str:
@@ -300,6 +327,11 @@ def markdown(doc: dict[str, Any]) -> str:
                 out.append(f"| {stage} | {_pct(m['test_acc'])} (n={m['test_n']}) | {row['Δ acc']} | {flops} | "
                            f"{row['params']} | {row['size']} | {row['checkpoint']} | {cache} | {ledger} |")
             out.append("")
+            for stage, info in r["stages"].items():
+                if info.get("iterations"):
+                    header, body = iteration_rows(info["iterations"])
+                    out += [f"{stage}, per iteration:", "", "| " + " | ".join(header) + " |",
+                            "|" + " --- |" * len(header), *("| " + " | ".join(c) + " |" for c in body), ""]
     out.append(f"<sub>cache: {meta['cache']} · ledger: {meta['ledger'] or 'off'} · workers: {meta['workers']} · "
                f"torch {meta['versions']['torch']}, modelopt {meta['versions']['nvidia-modelopt']}</sub>")
     return "\n".join(out)

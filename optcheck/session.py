@@ -120,6 +120,8 @@ class OptcheckState:
             for stage, art in run.artifacts.items():
                 event = dict(run.events.get(stage, {}), worker=self.worker)
                 stages[stage] = {"metrics": art.metrics.as_dict(), "events": [event]}
+                if art.info.get("iterations"):  # a step that works in iterations: one row per iteration
+                    stages[stage]["iterations"] = art.info["iterations"]
             runs[rel] = {
                 "recipe": run.recipe.name, "path": rel, "seed": run.seed,
                 "device": run.ctx.device.type if run.has_ctx else self.device,
@@ -149,6 +151,8 @@ class OptcheckState:
                 for stage, info in run["stages"].items():
                     have = mine["stages"].setdefault(stage, {"metrics": info["metrics"], "events": []})
                     have["events"] += info["events"]
+                    if info.get("iterations"):
+                        have["iterations"] = info["iterations"]
                 mine["ledger"].update(run.get("ledger", {}))
             for recipe, platform, stage, entry in part.get("ledger_updates", []):
                 updates[(recipe, platform, stage)] = entry

@@ -131,13 +131,33 @@ def entry_meta(artifact: Artifact) -> dict[str, Any]:
 
 def load_model(ctx: Context, kind, files: dict[str, Path]) -> nn.Module:
     """A stage's model from its files, restored into a freshly built model: the kind's own loader, or
-    ``mto.restore`` of its ``checkpoint`` file."""
+    ``mto.restore`` of its ``checkpoint`` file (into the architecture it descends from)."""
     if kind.load is not None:
         return kind.load(ctx, files)
     from .compat import import_modelopt
 
     _, mto, _ = import_modelopt()
-    return mto.restore(ctx.make_model(), files[kind.checkpoint], map_location=ctx.device)
+    return mto.restore(fresh_model(ctx, files, kind), files[kind.checkpoint], map_location=ctx.device)
+
+
+def architecture_files(files: dict[str, Path]) -> dict[str, Path]:
+    """The files among ``files`` that define an architecture (``StepKind.architecture``): a stage built
+    from a Torch-Pruning subnet keeps its ``tp.state_dict``, so its own checkpoint can be restored."""
+    from .steps import KINDS
+
+    names = {k.checkpoint for k in KINDS.values() if k.architecture}
+    return {name: path for name, path in files.items() if name in names}
+
+
+def fresh_model(ctx: Context, files: dict[str, Path], kind=None) -> nn.Module:
+    """What a stage's ``mto.restore`` restores into: a freshly built model, or, below a stage that
+    changed the architecture outside Model Optimizer, that stage's model loaded from its file."""
+    from .steps import KINDS
+
+    for other in KINDS.values():
+        if other.architecture and other is not kind and other.checkpoint in files:
+            return other.load(ctx, files)
+    return ctx.make_model()
 
 
 def load_artifact(ctx: Context, stage: str, kind, files: dict[str, Path], meta: dict[str, Any],

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # the modules that define kinds; their order is the order kinds are listed in messages
-_MODULES = ("baseline", "fastnas", "finetune", "quantize", "sparsify")
+_MODULES = ("baseline", "fastnas", "torch_pruning", "finetune", "quantize", "sparsify")
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,8 @@ class StepKind:
         ``parent`` is the previous stage's artifact with its model already copied (a build may change
         it in place); ``stages(name)`` gives any earlier stage's artifact (a distillation teacher).
     load(ctx, files) -> nn.Module
-        the model of a cache entry / checkpoint, restored into a freshly built model.
+        the model of a cache entry / checkpoint, restored into a freshly built model (one with the
+        architecture of an ``architecture`` kind upstream: ``stages.fresh_model``).
     key(recipe, step, keys) -> dict
         what the cache key adds besides the step's own table and its parent's key (``keys``: the
         keys computed so far, by stage name).
@@ -46,6 +47,9 @@ class StepKind:
     load: Callable[..., Any] | None = None  # None: ``mto.restore`` of the ``checkpoint`` file
     checkpoint: str = "modelopt"  # the file (in ``Artifact.files``) that restores the stage
     searched: bool = False  # the architecture comes from a search: FLOPs / params are not exact
+    # its checkpoint defines an architecture a freshly built model lacks: later stages carry the file and
+    # restore into ``load(ctx, files)`` instead of a fresh model (``stages.fresh_model``)
+    architecture: bool = False
     key: Callable[..., dict] | None = None
     preflight: Callable[..., None] | None = None
     summary: str = ""  # one line for messages and docs
