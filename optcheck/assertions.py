@@ -534,3 +534,57 @@ def assert_restore_roundtrip(model: Any, make_model: Callable[[], Any], *, examp
         restored = restored.to(device)
     assert_same_model(model, restored, example_input=example_input, atol=atol, rtol=rtol)
     return restored
+
+
+def assert_onnx_parity(model: Any, data: Any, *, max_abs_diff: float | None = None,
+                       top1_agreement: float | None = None, example_input: Any = None,
+                       path: str | Path | None = None, measured: Any = None) -> dict[str, Any]:
+    """Export ``model`` to ONNX, run it with onnxruntime on every batch of ``data`` (a loader, or an
+    ``(inputs, labels)`` pair of tensors) and compare with the model in PyTorch eval mode: fail when
+    the largest absolute difference of the logits exceeds ``max_abs_diff``, or when fewer than
+    ``top1_agreement`` (a fraction) of the samples get the same predicted class. An export or
+    onnxruntime failure fails too (a parity that was not measured never passes). ``example_input`` is
+    what the exporter traces (default: the first two samples); ``path`` keeps the ``.onnx`` file
+    (default: a temporary one); ``measured`` (an ``onnx_parity.Parity`` or ``ExportError`` from an
+    earlier call of ``onnx_parity.compare``) judges that comparison instead of exporting again.
+    Returns the measurements (``Parity.as_dict``)."""
+    __tracebackhide__ = True
+    from .onnx_parity import ExportError, compare
+
+    if max_abs_diff is None and top1_agreement is None:
+        raise ValueError("assert_onnx_parity: give max_abs_diff, top1_agreement or both")
+    if max_abs_diff is not None and not (0 <= max_abs_diff < float("inf")):
+        raise ValueError(f"max_abs_diff = {max_abs_diff!r}: a finite number >= 0 (inf can never fail)")
+    if top1_agreement is not None and not 0 < top1_agreement <= 1:
+        raise ValueError(f"top1_agreement = {top1_agreement!r}: a fraction in (0, 1] (0 can never fail)")
+    budget = "onnx_max_abs_diff" if max_abs_diff is not None else "onnx_top1_agreement"
+    got = measured
+    if got is None:
+        loader = _as_loader(data)
+        if example_input is None:
+            example_input = next(iter(loader))[0][:2]
+        device = next((p.device for p in model.parameters()), None)
+        if device is not None:
+            example_input = example_input.to(device)
+        with tempfile.TemporaryDirectory(prefix="optcheck-onnx-") as tmp:
+            target = Path(path) if path is not None else Path(tmp) / "model.onnx"
+            try:
+                got = compare(model, loader, target, example_input)
+            except ExportError as exc:
+                got = exc
+    if isinstance(got, ExportError):
+        _fail(budget, [("export", str(got))],
+              "the parity of a model that does not export or run was not measured: fix the export (for a "
+              "Model Optimizer quantized model the TorchScript exporter writes Q/DQ nodes; the dynamo exporter "
+              "fails on them)")
+    rows = [("max |diff|", f"{got.max_abs_diff:.3g} over {got.n} samples' logits"),
+            ("top-1", f"{got.top1_agreement:.2%} agree ({got.disagreements} of {got.n} differ)"),
+            ("graph", f"{got.nodes} nodes ({got.qdq_nodes} Q/DQ), {got.onnx_bytes:,} bytes; {got.exporter}")]
+    hint = ("the exported graph computes something else than the PyTorch model: Python control flow in forward "
+            "(an if on a flag, a tensor's value, torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()) is "
+            "frozen at the traced batch, and a layer can drop out; a quantized model differs by its rounding")
+    if max_abs_diff is not None and not got.max_abs_diff <= max_abs_diff:  # NaN fails
+        _fail("onnx_max_abs_diff", rows + [("limit", f"max |diff| <= {max_abs_diff:.3g}")], hint)
+    if top1_agreement is not None and got.top1_agreement < top1_agreement:
+        _fail("onnx_top1_agreement", rows + [("limit", f"top-1 agreement >= {top1_agreement:.2%}")], hint)
+    return got.as_dict()

@@ -9,6 +9,7 @@ has one module per check over one shared routine.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -106,6 +107,32 @@ def _roundtrip(j: Judged) -> dict[str, Any]:
     return {"roundtrip": "exact" if not tol else tol, "engine": engine}
 
 
+def _onnx(j: Judged, name: str) -> dict[str, Any]:
+    """The stage's model exported to ONNX (kept in the run's working folder) and run with onnxruntime
+    on the test split, against the model in PyTorch eval mode (``assert_onnx_parity``); one export
+    per stage and session serves both ONNX budgets."""
+    from .assertions import assert_onnx_parity
+    from .onnx_parity import ExportError, compare
+
+    ctx, model = j.run.ctx, j.subject.model
+    got = _PARITY.get(model)
+    if got is None:
+        example = next(iter(ctx.test_loader))[0][:2].to(ctx.device)
+        try:
+            got = compare(model, ctx.test_loader, ctx.workdir / f"{j.stage}.onnx", example)
+        except ExportError as exc:
+            got = exc
+        _PARITY[model] = got
+    out = assert_onnx_parity(model, None, measured=got, **{name.removeprefix("onnx_"): j.limit})
+    out["explain"] = (f"onnxruntime vs PyTorch on {out['n']} test samples: max |diff| {out['max_abs_diff']:.3g}, "
+                      f"top-1 agreement {out['top1_agreement']:.2%}; graph {out['nodes']} nodes "
+                      f"({out['qdq_nodes']} Q/DQ), {out['onnx_bytes']:,} bytes")
+    return out
+
+
+_PARITY: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()  # model -> Parity | ExportError
+
+
 JUDGES: dict[str, Callable[[Judged], dict[str, Any]]] = {
     "baseline_accuracy_at_least": _floor,
     "flops_below": _flops,
@@ -114,6 +141,8 @@ JUDGES: dict[str, Callable[[Judged], dict[str, Any]]] = {
     "sparsity_at_least": _sparsity,
     "accuracy_drop_under": _accuracy_drop,
     "restore_roundtrip": _roundtrip,
+    "onnx_max_abs_diff": lambda j: _onnx(j, "onnx_max_abs_diff"),
+    "onnx_top1_agreement": lambda j: _onnx(j, "onnx_top1_agreement"),
 }
 
 

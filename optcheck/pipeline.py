@@ -292,8 +292,8 @@ class RecipeRun:
     # -- stages ------------------------------------------------------------------------------------
     def artifact(self, stage: str):
         if stage not in self.stages:
-            kinds = {k.stage: k.kind for k in registry.KINDS.values()}
-            fix = (f"add a [[steps]] table with kind = '{kinds[stage]}'" if stage in kinds
+            kinds = [repr(k.kind) for k in registry.KINDS.values() if k.stage == stage and k.schema is not None]
+            fix = (f"add a [[steps]] table with kind = {' or '.join(kinds)}" if kinds
                    else "name one of the recipe's stages")
             raise RecipeError(self.path, [Problem("steps", f"the recipe has no stage {stage!r}; its stages are "
                                                   f"{', '.join(self.stages)}", fix=fix)])

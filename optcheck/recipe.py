@@ -31,9 +31,12 @@ STAGE_BUDGETS = (
     "sparsity_at_least",
     "accuracy_drop_under",
     "restore_roundtrip",
+    "onnx_max_abs_diff",
+    "onnx_top1_agreement",
 )
 BUDGETS = ("baseline_accuracy_at_least",) + STAGE_BUDGETS
-JUDGED_ONLY = ("flops_below", "params_below", "size_below", "sparsity_at_least", "accuracy_drop_under")
+JUDGED_ONLY = ("flops_below", "params_below", "size_below", "sparsity_at_least", "accuracy_drop_under",
+               "onnx_max_abs_diff", "onnx_top1_agreement")
 
 # scikit-learn's random_state takes [0, 2**32 - 1] and the val split uses seed + 1
 SEED_MAX = 2**32 - 2
@@ -135,6 +138,10 @@ class StageBudgets(_Strict):
                                               "baseline, a fraction; a drop of 1 (100 pp) cannot be exceeded")
     restore_roundtrip: bool | RoundtripBudget | None = Field(
         None, description="mto.save then mto.restore into a freshly built model reproduces the stage's model")
+    onnx_max_abs_diff: float | None = Field(None, ge=0, allow_inf_nan=False, description="largest absolute "
+                                            "difference of the logits, onnxruntime vs PyTorch eval, on the test split")
+    onnx_top1_agreement: float | None = Field(None, gt=0, le=1, description="share of test samples whose "
+                                              "predicted class is the same in onnxruntime and in PyTorch")
     report_only: list[Literal[JUDGED_ONLY]] = Field(  # type: ignore[valid-type]
         [], description="budgets of this table that are measured and reported but never fail the run (a "
         "breach is a warning); only these may take a limit that cannot fail, such as flops_below = '100%'")

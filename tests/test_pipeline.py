@@ -52,7 +52,7 @@ def test_asking_for_a_stage_the_recipe_lacks(tmp_path):
     assert run.available_stages() == ["baseline", "quantized"]
     with pytest.raises(RecipeError, match="no stage 'pruned'; its stages are baseline, quantized") as info:
         run.artifact("pruned")
-    assert "add a [[steps]] table with kind = 'fastnas'" in str(info.value)
+    assert "add a [[steps]] table with kind = 'fastnas' or 'torch_pruning'" in str(info.value)
 
 
 def test_a_stage_built_after_cached_ones_equals_one_built_in_sequence(tiny_run, tmp_path):

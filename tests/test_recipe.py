@@ -52,7 +52,7 @@ def test_the_shipped_ledger_validates_and_covers_every_runnable_recipe():
     ledger = load_ledger(ROOT / "recipes" / "optcheck-ledger.toml",
                          known_recipe_names([ROOT / "recipes"], ROOT / "recipes" / "optcheck-ledger.toml"))
     runnable = [load_recipe(p) for p in SHIPPED if load_recipe(p).data.dataset == "digits"]
-    assert len(runnable) == 5
+    assert len(runnable) == 6
     assert {(r, s) for r, _, s in ledger.entries} == {(r.name, s) for r in runnable for s in stages_of(r)}
 
 
@@ -117,7 +117,7 @@ def test_unknown_dataset_or_model(tmp_path, old, new, field):
 def test_unknown_step_kind(tmp_path):
     msg = error_for(tmp_path, BASE.replace('kind = "finetune"', 'kind = "prune"'))
     assert "field 'steps[1]'" in msg and "'prune'" in msg
-    assert "'fastnas' | 'finetune' | 'quantize' | 'sparsify'" in msg  # every registered kind, listed
+    assert "'fastnas' | 'torch_pruning' | 'finetune' | 'quantize' | 'sparsify'" in msg  # every registered kind, listed
 
 
 def test_a_near_miss_kind_gets_a_suggestion(tmp_path):

@@ -54,10 +54,10 @@ QUANT_BUDGETS = 'accuracy_drop_under = 0.05\nsize_below = "30%"\nrestore_roundtr
 def test_the_registry_knows_every_kind_and_its_stage():
     from optcheck.steps import KINDS, listable
 
-    assert listable() == ["fastnas", "finetune", "quantize", "sparsify"]
+    assert listable() == ["fastnas", "torch_pruning", "finetune", "quantize", "sparsify"]
     assert {k: v.stage for k, v in KINDS.items()} == {
-        "baseline": "baseline", "fastnas": "pruned", "finetune": "finetuned", "quantize": "quantized",
-        "sparsify": "sparsified"}
+        "baseline": "baseline", "fastnas": "pruned", "torch_pruning": "pruned", "finetune": "finetuned",
+        "quantize": "quantized", "sparsify": "sparsified"}
     assert [k for k, v in KINDS.items() if v.searched] == ["fastnas"]
 
 
