@@ -51,6 +51,8 @@ def export(model, example, path: Path) -> Path:
             # the exporter's own deprecation notice concerns the API, not the user's model
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", message=".*dynamo=False.*")
+            # an optimisation the exporter skips (strided slices), not a difference in what it computes
+            warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
             # Model Optimizer's quantizers branch on tensors while traced (amax checks): its noise, not
             # the user's; a TracerWarning raised in the user's own forward still shows
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"modelopt\.")

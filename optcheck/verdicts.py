@@ -33,7 +33,7 @@ def verdict_key(runs: list[Any], budget: str) -> str | None:
                    "stages": stages, "seeds": [run.seed for run in runs], "judge": judge_id(), "format": 1})
 
 
-JUDGE_MODULES = ("assertions", "budgets", "limits", "stats", "verdicts")
+JUDGE_MODULES = ("assertions", "budgets", "limits", "onnx_parity", "stats", "verdicts")
 
 
 def judge_id() -> str:

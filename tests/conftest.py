@@ -8,18 +8,22 @@ import sys
 import pytest
 
 
+# torch's default thread count in this process, before any test ran (torch may not be imported yet)
+_THREADS_AT_START = int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
+
+
 @pytest.fixture(autouse=True)
 def torch_threads_restored():
     """A ``RecipeRun`` with ``threads`` sets torch's process-wide thread count (as it must in a real
     session); here it must not leak into later tests, whose numbers depend on it (a stage built with
-    1 thread differs from one built with 2, e.g. the tiny recipe's fine-tuned 75.00% vs 77.08%)."""
-    torch = sys.modules.get("torch")
-    before = torch.get_num_threads() if torch is not None else (
-        int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0)))  # torch's default here
+    1 thread differs from one built with 2, e.g. the tiny recipe's fine-tuned 75.00% vs 77.08%).
+    Restored to the count the process started with, not the one before the test: a module- or
+    session-scoped fixture that builds a run with 1 thread sets it before this fixture looks."""
     yield
     torch = sys.modules.get("torch")
-    if torch is not None and torch.get_num_threads() != before:
-        torch.set_num_threads(before)
+    if torch is not None and torch.get_num_threads() != _THREADS_AT_START:
+        torch.set_num_threads(_THREADS_AT_START)
+
 
 # the data, model and training of every tiny recipe (format-escaped braces: TINY_RECIPE is a template)
 TINY_HEAD = """
