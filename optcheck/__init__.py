@@ -18,6 +18,8 @@ _LAZY = {
     "assert_accuracy_drop_under": "optcheck.assertions",
     "assert_restore_roundtrip": "optcheck.assertions",
     "assert_onnx_parity": "optcheck.assertions",
+    "assert_speedup_at_least": "optcheck.assertions",
+    "assert_latency_ratio_below": "optcheck.assertions",
     "assert_same_model": "optcheck.assertions",
     "assert_accuracy_at_least": "optcheck.assertions",
     "assert_paired_drop_under": "optcheck.assertions",
@@ -34,7 +36,7 @@ __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:
     from .assertions import (assert_accuracy_at_least, assert_accuracy_drop_under, assert_flops_below,
-                             assert_onnx_parity,
+                             assert_latency_ratio_below, assert_onnx_parity, assert_speedup_at_least,
                              assert_paired_drop_under, assert_params_below, assert_restore_roundtrip,
                              assert_same_model, assert_size_below, assert_sparsity_at_least,
                              paired_accuracy_drop)

@@ -588,3 +588,82 @@ def assert_onnx_parity(model: Any, data: Any, *, max_abs_diff: float | None = No
     if top1_agreement is not None and got.top1_agreement < top1_agreement:
         _fail("onnx_top1_agreement", rows + [("limit", f"top-1 agreement >= {top1_agreement:.2%}")], hint)
     return got.as_dict()
+
+
+def _latency(candidate: Any, reference: Any, example_input: Any, runtime: str, batch_size: int, threads: int,
+             rounds: int, warmup_rounds: int, confidence: float, benchmark: Any, measured: Any, workdir: Any):
+    from .latency import Settings, measure
+
+    if measured is not None:
+        return measured
+    if example_input is None:
+        raise ValueError("give example_input: a batch of inputs (cut or tiled to batch_size)")
+    from .latency import LatencyOff
+
+    settings = Settings(runtime=runtime, batch_size=batch_size, threads=threads, rounds=rounds,
+                        warmup_rounds=warmup_rounds, confidence=confidence)
+    try:
+        return measure(reference, candidate, example_input, settings, benchmark=benchmark,
+                       workdir=Path(workdir) if workdir is not None else None)
+    except LatencyOff as exc:  # the user switched benchmarks off: a skip that says so, never a pass
+        import pytest
+
+        pytest.skip(str(exc))
+
+
+def _latency_rows(got: Any) -> list[tuple[str, str]]:
+    lo, hi = got.speedup_interval
+    return [("candidate", f"{got.candidate_median * 1e3:.3f} ms median (IQR {got.candidate_iqr * 1e3:.3f} ms)"),
+            ("baseline", f"{got.reference_median * 1e3:.3f} ms median (IQR {got.reference_iqr * 1e3:.3f} ms)"),
+            ("ratio", f"{got.ratio:.3f} [{got.low:.3f}, {got.high:.3f}] ({got.confidence:.0%} interval of the median "
+                      f"of {got.rounds} interleaved rounds' ratios)"),
+            ("speed-up", f"{got.speedup:.2f}x [{lo:.2f}, {hi:.2f}]"),
+            ("measured", f"{got.runtime}, batch {got.batch_size}, {got.threads} thread(s), {got.warmup_rounds} "
+                         f"warm-up rounds; timed by {got.engine}")]
+
+
+_LATENCY_HINT = ("fewer FLOPs are not less time on every runtime: check that the candidate is the compressed model "
+                 "(fake quantization and Model Optimizer's sparse layers are slower in PyTorch; onnxruntime gains "
+                 "from pruning when channel counts are multiples of 8), and that nothing else ran on the machine "
+                 "meanwhile (the interval says how noisy the rounds were)")
+
+
+def assert_speedup_at_least(candidate: Any, reference: Any, minimum: float, *, example_input: Any = None,
+                            runtime: str = "torch", batch_size: int = 1, threads: int = 1, rounds: int = 200,
+                            warmup_rounds: int = 20, confidence: float = 0.95, benchmark: Any = None,
+                            measured: Any = None, workdir: Any = None) -> dict[str, Any]:
+    """Fail unless ``candidate`` is at least ``minimum`` times faster than ``reference`` (models):
+    both timed in the same process, interleaved round by round after ``warmup_rounds``, on
+    ``runtime`` (``"torch"`` or ``"onnxruntime"``) at ``batch_size`` and ``threads``
+    (``optcheck.latency``). The speed-up is 1 / the median of the per-round ratios; the message
+    shows both medians, the ratio and its interval. Pass pytest-benchmark's ``benchmark`` fixture to
+    time with its timer and options and to put both series into its table and ``--benchmark-json``;
+    under ``--benchmark-disable`` this then skips (``latency.LatencyOff``), under pytest-xdist it
+    still measures and says so. ``measured`` (a ``latency.Latency``) judges an earlier measurement.
+    Returns the measurements."""
+    __tracebackhide__ = True
+    if not (isinstance(minimum, (int, float)) and 0 < minimum < float("inf")):
+        raise ValueError(f"speedup_at_least: {minimum!r} must be a finite number > 0 (1.2 = 20% faster)")
+    got = _latency(candidate, reference, example_input, runtime, batch_size, threads, rounds, warmup_rounds,
+                   confidence, benchmark, measured, workdir)
+    if got.speedup < minimum:
+        _fail("speedup_at_least", _latency_rows(got) + [("limit", f"speed-up >= {minimum:g}x (ratio <= "
+                                                                  f"{1 / minimum:.3f})")], _LATENCY_HINT)
+    return got.as_dict()
+
+
+def assert_latency_ratio_below(candidate: Any, reference: Any, maximum: float, *, example_input: Any = None,
+                               runtime: str = "torch", batch_size: int = 1, threads: int = 1, rounds: int = 200,
+                               warmup_rounds: int = 20, confidence: float = 0.95, benchmark: Any = None,
+                               measured: Any = None, workdir: Any = None) -> dict[str, Any]:
+    """Fail unless ``candidate``'s latency over ``reference``'s is at most ``maximum`` (0.8 = 20%
+    faster; 5 = at most 5x slower). Measured as ``assert_speedup_at_least`` measures. Returns the
+    measurements."""
+    __tracebackhide__ = True
+    if not (isinstance(maximum, (int, float)) and 0 < maximum < float("inf")):
+        raise ValueError(f"latency_ratio_below: {maximum!r} must be a finite number > 0 (0.8 = 20% faster)")
+    got = _latency(candidate, reference, example_input, runtime, batch_size, threads, rounds, warmup_rounds,
+                   confidence, benchmark, measured, workdir)
+    if got.ratio > maximum:
+        _fail("latency_ratio_below", _latency_rows(got) + [("limit", f"ratio <= {maximum:g}")], _LATENCY_HINT)
+    return got.as_dict()

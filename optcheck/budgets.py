@@ -26,6 +26,7 @@ class Judged:
     limit: Any
     seed_runs: Callable[[], list[RecipeRun]]
     record: dict[str, Any]
+    benchmark: Any = None  # a pytest-benchmark fixture for the latency budgets (items.BudgetItem builds it)
 
     @property
     def subject(self):
@@ -133,6 +134,39 @@ def _onnx(j: Judged, name: str) -> dict[str, Any]:
 _PARITY: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()  # model -> Parity | ExportError
 
 
+def _latency(j: Judged, name: str) -> dict[str, Any]:
+    """The stage's model timed against the baseline's, interleaved in this process, as the recipe's
+    [latency] table says (``latency.measure``); both latency budgets of a stage share one measurement
+    per session. A model that does not export fails an onnxruntime latency budget (never a pass)."""
+    from .assertions import assert_latency_ratio_below, assert_speedup_at_least
+    from .latency import Settings, measure
+    from .onnx_parity import ExportError
+
+    ctx, model = j.run.ctx, j.subject.model
+    settings = Settings(**j.run.recipe.latency.model_dump())
+    got = _LATENCY.get(model)
+    if got is None or got[0] != settings:
+        example = next(iter(ctx.test_loader))[0].to(ctx.device)
+        try:
+            latency = measure(j.baseline.model, model, example, settings, benchmark=j.benchmark,
+                              workdir=ctx.workdir / f"latency-{j.stage}", roles=(j.run.root_stage(), j.stage))
+        except ExportError as exc:
+            raise AssertionError(f"optcheck budget '{name}' failed\n  export : {exc}\n  hint   : the latency of a "
+                                 "model that does not export to ONNX was not measured; use runtime = \"torch\" in "
+                                 "[latency], or fix the export (see the onnx_* budgets)") from None
+        got = (settings, latency)
+        _LATENCY[model] = got
+    latency = got[1]
+    check = assert_speedup_at_least if name == "speedup_at_least" else assert_latency_ratio_below
+    out = check(model, j.baseline.model, j.limit, measured=latency)
+    out["stage"] = j.stage
+    out["explain"] = latency.describe()
+    return out
+
+
+_LATENCY: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()  # model -> (Settings, Latency)
+
+
 JUDGES: dict[str, Callable[[Judged], dict[str, Any]]] = {
     "baseline_accuracy_at_least": _floor,
     "flops_below": _flops,
@@ -143,6 +177,8 @@ JUDGES: dict[str, Callable[[Judged], dict[str, Any]]] = {
     "restore_roundtrip": _roundtrip,
     "onnx_max_abs_diff": lambda j: _onnx(j, "onnx_max_abs_diff"),
     "onnx_top1_agreement": lambda j: _onnx(j, "onnx_top1_agreement"),
+    "speedup_at_least": lambda j: _latency(j, "speedup_at_least"),
+    "latency_ratio_below": lambda j: _latency(j, "latency_ratio_below"),
 }
 
 
@@ -154,12 +190,13 @@ def budget_id(stage: str | None, name: str) -> str:
 
 def check_budget(budget: str | tuple[str | None, str], run: RecipeRun,
                  seed_runs: Callable[[], list[RecipeRun]] | None = None,
-                 record: dict[str, Any] | None = None) -> dict[str, Any]:
+                 record: dict[str, Any] | None = None, benchmark: Any = None) -> dict[str, Any]:
     """Judge one budget of ``run``'s recipe: ``name`` of [budgets], or ``(stage, name)``; raises
     ``AssertionError`` when it is broken.
 
     ``seed_runs()`` gives one run per seed of a recipe with ``seeds = [...]`` (``run`` first): the
-    accuracy budgets are then judged on the mean drop over them. Returns the measured values (for
+    accuracy budgets are then judged on the mean drop over them. ``benchmark``: a pytest-benchmark
+    fixture the latency budgets time through (``latency.py``). Returns the measured values (for
     reports and JUnit properties); an accuracy budget also puts them into ``record`` before it
     judges, so a failed one still reports its interval and rule.
     """
@@ -169,5 +206,6 @@ def check_budget(budget: str | tuple[str | None, str], run: RecipeRun,
         raise KeyError(f"unknown budget {name!r}")
     limit = getattr(run.recipe.budgets.table(stage), name)
     target = run.final_stage() if stage is None else stage
-    judged = Judged(run, target, limit, seed_runs or (lambda: [run]), record if record is not None else {})
+    judged = Judged(run, target, limit, seed_runs or (lambda: [run]), record if record is not None else {},
+                    benchmark)
     return JUDGES[name](judged)

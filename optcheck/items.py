@@ -122,18 +122,24 @@ class BudgetItem(_CheckItem):
     def __init__(self, *, budget: tuple[str | None, str], **kwargs):
         super().__init__(**kwargs)
         self.budget = budget
+        from .recipe import LATENCY_BUDGETS
+
+        if budget[1] in LATENCY_BUDGETS:
+            # what pytest-benchmark looks at: --benchmark-skip skips this item, --benchmark-only keeps it
+            self.fixturenames = ["benchmark"]
 
     def runtest(self) -> None:
         from .session import get_state
 
         state = get_state(self.config)
+        bench = self._benchmark() if getattr(self, "fixturenames", None) else None
         self.prepare()
         measured: dict[str, Any] = {}  # filled before an accuracy budget judges: kept when it fails
         from .quiet import library_noise
 
         try:
             with library_noise():
-                self._judge(state, measured)
+                self._judge(state, measured, bench)
         except AssertionError as exc:
             stage, name = self.budget
             if name not in getattr(self.run.recipe.budgets.table(stage), "report_only", []):
@@ -149,14 +155,42 @@ class BudgetItem(_CheckItem):
                 self.user_properties.append((f"optcheck.{key}", value))
 
 
-    def _judge(self, state, measured: dict[str, Any]) -> None:
+    def _benchmark(self):
+        """A latency budget's pytest-benchmark fixture, built as pytest-benchmark's ``benchmark`` fixture
+        builds it (its session's timer and options; its table and JSON get the series). Under an
+        explicit ``--benchmark-disable`` the budget skips, saying why (under xdist, where pytest-benchmark
+        disables itself, it still measures: ``latency.engine_of``)."""
+        bs = getattr(self.config, "_benchmarksession", None)
+        if bs is None:
+            return None
+        from pytest_benchmark.fixture import BenchmarkFixture
+
+        bench = BenchmarkFixture(self, add_stats=bs.benchmarks.append, logger=bs.logger, warner=self.warn,
+                                 disabled=bs.disabled, **bs.options)
+        from .latency import LatencyOff, engine_of
+
+        try:
+            engine_of(bench)
+        except LatencyOff as exc:  # reported at the recipe's item, not at this line
+            raise pytest.skip.Exception(str(exc), _use_item_location=True) from None
+        return bench
+
+    def _live_only(self, bench) -> bool:
+        """A latency verdict is measured again when pytest-benchmark is asked for output (its JSON, a
+        saved run, a comparison, a histogram): a replayed verdict would leave that output empty."""
+        bs = getattr(self.config, "_benchmarksession", None)
+        return bench is not None and bs is not None and bool(bs.json or bs.save or bs.autosave or bs.compare
+                                                             or bs.histogram)
+
+    def _judge(self, state, measured: dict[str, Any], bench=None) -> None:
         """Replay the verdict from the cache when nothing it depends on changed (``verdicts.py``),
         else judge it live and keep it."""
         from .budgets import check_budget
         from . import verdicts
 
         runs = state.seed_runs_for(self.run.recipe) if self.run.recipe.seeds else [self.run]
-        key = verdicts.verdict_key(runs, self.budget) if self.run.cache is not None else None
+        live = self.run.cache is None or self._live_only(bench)
+        key = None if live else verdicts.verdict_key(runs, self.budget)
         stored = verdicts.replay(self.run.cache, key) if key else None
         if stored is not None:
             for stage in self.run.cached_stages():  # their metrics for the results table (no model loaded)
@@ -168,7 +202,7 @@ class BudgetItem(_CheckItem):
                 raise AssertionError(stored["message"])
             return
         try:
-            measured.update(check_budget(self.budget, self.run, lambda: runs, record=measured))
+            measured.update(check_budget(self.budget, self.run, lambda: runs, record=measured, benchmark=bench))
         except AssertionError as exc:
             if key:
                 verdicts.store(self.run, key, "failed", dict(measured), str(exc))

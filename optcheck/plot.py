@@ -56,6 +56,9 @@ def write_plot(doc: dict[str, Any], path: Path) -> None:
         ax.plot(xs, ys, color="0.7", linewidth=1, zorder=1)
         from .stats import wilson_interval
 
+        from .report import latency_by_stage
+
+        speed = latency_by_stage(r)
         for position, (stage, m) in enumerate(stages.items()):
             (marker, color), label = _style(position, len(stages)), stage
             x, y = m["flops"] / 1e6, m["test_acc"] * 100
@@ -65,7 +68,8 @@ def write_plot(doc: dict[str, Any], path: Path) -> None:
             ax.errorbar([x], [y], yerr=[[y - lo * 100], [hi * 100 - y]], color=color, capsize=3, linewidth=1,
                         zorder=2)
             ax.scatter([x], [y], marker=marker, color=color, s=140 if marker == "*" else 70, zorder=3,
-                       label=f"{label}: {y:.2f}% [{lo * 100:.1f}, {hi * 100:.1f}], {x:.1f}M FLOPs")
+                       label=f"{label}: {y:.2f}% [{lo * 100:.1f}, {hi * 100:.1f}], {x:.1f}M FLOPs"
+                       + (f", latency ratio {speed[stage].split(' [')[0]}" if stage in speed else ""))
         base = next(iter(stages.values()), None)
         budgets = r.get("budgets", {})
         if base is not None:

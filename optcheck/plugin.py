@@ -244,7 +244,15 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items) -> None:
     """On an xdist worker with ``auto`` threads: the recipes that will build are known now (threads per
-    worker and per shared stage: ``schedule``)."""
+    worker and per shared stage: ``schedule``). Under xdist, pytest-benchmark's warning that benchmarks
+    are disabled is withheld when its only "benchmarks" are optcheck's latency checks: they measure
+    there anyway, and say so in their results (``latency.py``)."""
+    bs = getattr(config, "_benchmarksession", None)
+    if bs is not None and getattr(bs, "xdist_benchmark_found", False):
+        from .items import _CheckItem
+
+        if all(isinstance(i, _CheckItem) for i in items if "benchmark" in getattr(i, "fixturenames", ())):
+            bs.xdist_benchmark_found = False
     state = config.stash.get(STATE_KEY, None)
     if state is None or not state.enabled or not state.threads_auto:
         return

@@ -33,10 +33,13 @@ STAGE_BUDGETS = (
     "restore_roundtrip",
     "onnx_max_abs_diff",
     "onnx_top1_agreement",
+    "speedup_at_least",
+    "latency_ratio_below",
 )
+LATENCY_BUDGETS = ("speedup_at_least", "latency_ratio_below")
 BUDGETS = ("baseline_accuracy_at_least",) + STAGE_BUDGETS
 JUDGED_ONLY = ("flops_below", "params_below", "size_below", "sparsity_at_least", "accuracy_drop_under",
-               "onnx_max_abs_diff", "onnx_top1_agreement")
+               "onnx_max_abs_diff", "onnx_top1_agreement", "speedup_at_least", "latency_ratio_below")
 
 # scikit-learn's random_state takes [0, 2**32 - 1] and the val split uses seed + 1
 SEED_MAX = 2**32 - 2
@@ -142,6 +145,12 @@ class StageBudgets(_Strict):
                                             "difference of the logits, onnxruntime vs PyTorch eval, on the test split")
     onnx_top1_agreement: float | None = Field(None, gt=0, le=1, description="share of test samples whose "
                                               "predicted class is the same in onnxruntime and in PyTorch")
+    speedup_at_least: float | None = Field(None, gt=0, allow_inf_nan=False, description="the stage's median "
+                                           "latency against the baseline's, as a speed-up: 1.2 = at least 1.2x faster, "
+                                           "measured as set in [latency]")
+    latency_ratio_below: float | None = Field(None, gt=0, allow_inf_nan=False, description="the stage's latency "
+                                              "over the baseline's at most this (0.8 = 20% faster; 5 = at most 5x "
+                                              "slower, for fake quantization), measured as set in [latency]")
     report_only: list[Literal[JUDGED_ONLY]] = Field(  # type: ignore[valid-type]
         [], description="budgets of this table that are measured and reported but never fail the run (a "
         "breach is a warning); only these may take a limit that cannot fail, such as flops_below = '100%'")
@@ -245,6 +254,21 @@ class LedgerDefaults(_Strict):
         "baseline's are exact); 0.10 covers the 37.2M..40.4M FLOPs spread measured on the digits recipe")
 
 
+class LatencyConfig(_Strict):
+    """How the latency budgets measure (``optcheck.latency``): interleaved rounds of the stage's model
+    and the baseline's, one call each per round, after warm-up rounds; never absolute times."""
+
+    runtime: Literal["torch", "onnxruntime"] = Field(
+        "torch", description="torch: eval mode under inference_mode; onnxruntime: the model exported as the "
+        "onnx_* budgets export it, run on the CPU provider")
+    batch_size: int = Field(1, ge=1, description="inputs per call (test images, tiled if the split is smaller)")
+    threads: int = Field(1, ge=1, description="intra-op threads of both runtimes while timing")
+    rounds: int = Field(200, ge=20, description="timed rounds; the ratio's interval narrows with more; "
+                        "pytest-benchmark's --benchmark-min-rounds raises it")
+    warmup_rounds: int = Field(20, ge=0, description="untimed rounds first")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="of the interval of the median ratio")
+
+
 class Recipe(_Strict):
     name: str
     description: str = ""
@@ -257,6 +281,7 @@ class Recipe(_Strict):
     train: TrainConfig = TrainConfig()
     steps: list[Step] = []
     budgets: Budgets
+    latency: LatencyConfig = LatencyConfig()
     ledger: LedgerDefaults = LedgerDefaults()
     path: Path | None = Field(None, exclude=True)
 

@@ -260,6 +260,18 @@ def iteration_table(stage: str, rows: list[dict[str, Any]], metrics: dict[str, A
     return out
 
 
+def latency_by_stage(r: dict[str, Any]) -> dict[str, str]:
+    """A recipe's measured latency ratios (its latency budgets' details), per stage: "0.80x [0.79, 0.81]
+    (torch b1)" — the stage's time over the baseline's, never an absolute time."""
+    out: dict[str, str] = {}
+    for v in r.get("verdicts", {}).values():
+        d = v.get("details") or {}
+        if "ratio" in d and d.get("stage") and d["stage"] not in out:
+            out[d["stage"]] = (f"{d['ratio']:.2f}x [{d['low']:.2f}, {d['high']:.2f}] ({d['runtime']} "
+                               f"b{d['batch_size']})")
+    return out
+
+
 def _pct(x: float | None) -> str:
     return "" if x is None else f"{x * 100:.2f}%"
 
@@ -308,8 +320,10 @@ def markdown(doc: dict[str, Any]) -> str:
             out.append("")
         if r["stages"]:
             base = next(iter(r["stages"].values()))["metrics"]
-            out += ["| stage | test acc | Δ acc | FLOPs | params | size | checkpoint | cache | ledger Δ |",
-                    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            speed = latency_by_stage(r)
+            out += ["| stage | test acc | Δ acc | FLOPs | " + ("latency ratio | " if speed else "")
+                    + "params | size | checkpoint | cache | ledger Δ |",
+                    "| --- | --- | --- | --- | " + ("--- | " if speed else "") + "--- | --- | --- | --- | --- |"]
             for stage, info in r["stages"].items():
                 m = info["metrics"]
                 row = stage_row(stage, m, base)
@@ -324,7 +338,8 @@ def markdown(doc: dict[str, Any]) -> str:
                     ledger = (f"acc {_signed(d['test_acc'] * 100, '+.2f')} pp, FLOPs {_signed(d['flops'], '+,')}, "
                               f"params {_signed(d['params'], '+,')}" + (" ❌" if led.get("mismatches") else " ✅"))
                 cache = cache_summary({stage: info}).removeprefix(f"{stage} ") or "-"
-                out.append(f"| {stage} | {_pct(m['test_acc'])} (n={m['test_n']}) | {row['Δ acc']} | {flops} | "
+                lat = (f"{speed[stage]} | " if stage in speed else "- | ") if speed else ""
+                out.append(f"| {stage} | {_pct(m['test_acc'])} (n={m['test_n']}) | {row['Δ acc']} | {flops} | {lat}"
                            f"{row['params']} | {row['size']} | {row['checkpoint']} | {cache} | {ledger} |")
             out.append("")
             for stage, info in r["stages"].items():

@@ -365,3 +365,23 @@ def decide(drop: Union[PairedDrop, SeedsDrop], limit: float, rule: str = "point"
     else:
         passed = drop.high <= lim
     return Decision(passed=bool(passed), rule=rule, limit=lim, drop=drop)
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free interval for the median of ``values`` (independent draws): order statistics
+    ``x_(j)`` and ``x_(n-j+1)`` with the largest ``j`` for which ``P(Binomial(n, 1/2) <= j - 1) <=
+    (1 - confidence) / 2``, so the coverage is at least ``confidence``. For n = 200 at 95% that is the
+    86th and 115th of the sorted values. Below 6 values no such ``j`` exists at 95%: the whole range."""
+    from scipy.stats import binom
+
+    conf = _check_confidence(confidence)
+    xs = sorted(float(v) for v in values)
+    n = len(xs)
+    if n == 0:
+        raise ValueError("median_interval needs at least one value")
+    i = int(binom.ppf((1.0 - conf) / 2.0, n, 0.5))  # smallest i with cdf(i) >= alpha/2
+    while i >= 0 and binom.cdf(i, n, 0.5) > (1.0 - conf) / 2.0:
+        i -= 1  # the largest i with cdf(i) <= alpha/2 (j = i + 1)
+    if i < 0:
+        return xs[0], xs[-1]
+    return xs[i], xs[n - 1 - i]

@@ -29,11 +29,22 @@ def verdict_key(runs: list[Any], budget: str) -> str | None:
         keys = run.keys
         stages.append({stage: material["key"] for stage, material in sorted(keys.items())})
     recipe = runs[0].recipe
-    return digest({"budget": budget, "budgets": recipe.budgets.model_dump(mode="json"),
-                   "stages": stages, "seeds": [run.seed for run in runs], "judge": judge_id(), "format": 1})
+    material = {"budget": budget, "budgets": recipe.budgets.model_dump(mode="json"),
+                "stages": stages, "seeds": [run.seed for run in runs], "judge": judge_id(), "format": 1}
+    name = budget if isinstance(budget, str) else budget[1]
+    from .recipe import LATENCY_BUDGETS
+
+    if name in LATENCY_BUDGETS:  # a time ratio is a property of the machine too, and of how it was measured
+        import os
+
+        from .numerics import cpu_isa, cpu_model
+
+        material["latency"] = {**recipe.latency.model_dump(mode="json"), "cpu": cpu_model(), "isa": cpu_isa(),
+                               "cpus": os.cpu_count()}
+    return digest(material)
 
 
-JUDGE_MODULES = ("assertions", "budgets", "limits", "onnx_parity", "stats", "verdicts")
+JUDGE_MODULES = ("assertions", "budgets", "latency", "limits", "onnx_parity", "stats", "verdicts")
 
 
 def judge_id() -> str:
