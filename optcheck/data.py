@@ -1,7 +1,8 @@
 """Datasets by name, seeded train / val / test splits and seeded loaders.
 
 ``digits``    scikit-learn's ``load_digits`` (1,797 real 8x8 images, shipped in the wheel),
-              upsampled to 3 x image_size x image_size (option, default 32; the recipe uses 16).
+              resized to channels x image_size x image_size (options; defaults 3 and 32, the
+              shipped recipes use 1 x 8 x 8: the images' own size).
 ``cifar10``   torchvision's CIFAR-10 from a local folder; never downloaded.
 ``synthetic`` tiny class-prototype images for unit tests.
 ``pkg.mod:fn`` a user factory returning ``{"train", "val", "test"}`` datasets (or a 3-tuple).
@@ -141,7 +142,7 @@ def _transforms(cfg: DataConfig, mean, std, size: int, train: bool, pil: bool = 
 
     ops: list[Any] = []
     if train and "crop" in cfg.augment:
-        ops.append(v2.RandomCrop(size, padding=4))
+        ops.append(v2.RandomCrop(size, padding=cfg.crop_padding))
     if train and "hflip" in cfg.augment:
         ops.append(v2.RandomHorizontalFlip())
     if pil:
@@ -210,7 +211,7 @@ def _from_tensors(name: str, images: torch.Tensor, labels: np.ndarray, cfg: Data
 
     def part(ix, train_split):
         ix = torch.from_numpy(ix)
-        ops = BatchOps(tuple(mean), tuple(std), 4 if train_split and "crop" in cfg.augment else 0,
+        ops = BatchOps(tuple(mean), tuple(std), cfg.crop_padding if train_split and "crop" in cfg.augment else 0,
                        train_split and "hflip" in cfg.augment)
         return TensorImages(images[ix], y[ix], PerSample(ops), ops)
 
@@ -223,9 +224,11 @@ def digits(cfg: DataConfig, seed: int) -> DataBundle:
 
     raw = load_digits()
     images = torch.from_numpy(raw.images).float().div(16.0).unsqueeze(1)  # N,1,8,8 in [0,1]
-    size = int(cfg.options.get("image_size", 32))
-    images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear",
-                                             align_corners=False).clamp(0, 1).repeat(1, 3, 1, 1)
+    size, channels = int(cfg.options.get("image_size", 32)), int(cfg.options.get("channels", 3))
+    if size != images.shape[-1]:
+        images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear",
+                                                 align_corners=False).clamp(0, 1)
+    images = images.repeat(1, channels, 1, 1)
     return _from_tensors("digits", images.contiguous(), raw.target.astype(np.int64), cfg, seed)
 
 

@@ -10,27 +10,79 @@ a worker that dies (its last lines are still shown).
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 
-def terminal_writer(config) -> Callable[[str], None]:
-    """Write one line to pytest's terminal, around output capturing."""
+# Lines that report a unit of work inside a stage (an epoch, a batch of FastNAS scores, a
+# Torch-Pruning step): on a terminal each one replaces the last; in a log each is a line of its own.
+# Recognized by their text because under xdist they reach the controller as text (see Relay).
+TICK = re.compile(r"(: epoch \d+/\d+ |^fastnas: scored \d+ subnets|^torch_pruning step \d+/\d+)")
 
-    def write(line: str) -> None:
-        reporter = config.pluginmanager.get_plugin("terminalreporter")
+
+def is_tick(line: str) -> bool:
+    """Whether a progress line (with or without its ``[optcheck gw0]`` tag) reports one unit of work."""
+    return bool(TICK.search(line.split("] ", 1)[-1]))
+
+
+class TerminalLines:
+    """Progress lines on pytest's terminal, around output capturing.
+
+    On a TTY a tick (``is_tick``) redraws one status line in place (pytest's own ``rewrite``: a carriage
+    return, the line, blanks to the width), and the next lasting line (a stage started, built, from
+    cache) first wipes it, so a finished run's scrollback holds only the lasting lines. Anywhere else
+    (a CI log, a pipe, a file) every line is printed whole: no carriage-return noise."""
+
+    def __init__(self, config) -> None:
+        self.config = config
+        self._status = False  # a tick is drawn on the current terminal line
+        self._lock = threading.Lock()  # the relay thread and the main thread both write
+
+    def __call__(self, line: str) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is None:
             return
-        capture = config.pluginmanager.get_plugin("capturemanager")
-        if capture is not None:
-            with capture.global_and_fixture_disabled():
-                reporter.write_line(line)
-        else:
-            reporter.write_line(line)
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        with self._lock:
+            if capture is not None:
+                with capture.global_and_fixture_disabled():
+                    self._write(reporter, line)
+            else:
+                self._write(reporter, line)
 
-    return write
+    def _write(self, reporter, line: str) -> None:
+        if not reporter.isatty:
+            reporter.write_line(line)
+            return
+        if self._status and reporter.currentfspath is not None:
+            self._status = False  # pytest printed results below the status line: it stays in scrollback
+        if is_tick(line):
+            if not self._status:
+                reporter.ensure_newline()  # leave pytest's "path ...." line as it is
+            reporter.rewrite(line[: max(20, reporter._tw.fullwidth - 1)], erase=True)
+            reporter._tw.flush()
+            self._status = True
+            return
+        if self._status:
+            reporter.rewrite("", erase=True)
+            reporter.rewrite("")  # the cursor at the start of the wiped line
+            self._status = False
+            reporter._tw.line(line)
+            return
+        reporter.write_line(line)
+
+
+def terminal_writer(config) -> Callable[[str], None]:
+    """Write progress lines to pytest's terminal (see ``TerminalLines``): one writer per session, so
+    the serial log and the xdist relay share the state of the status line."""
+    writer = getattr(config, "_optcheck_terminal_lines", None)
+    if writer is None:
+        writer = TerminalLines(config)
+        config._optcheck_terminal_lines = writer
+    return writer
 
 
 def file_writer(folder: Path, worker: str) -> Callable[[str], None]:

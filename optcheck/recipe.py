@@ -18,7 +18,7 @@ from .steps.fastnas import FastNASStep  # noqa: F401  (re-exported: defined here
 from .steps.finetune import FinetuneStep  # noqa: F401
 
 DATASETS = ("digits", "cifar10", "synthetic")
-DATASET_OPTIONS = {"digits": ("image_size",), "cifar10": (), "synthetic": ("samples", "classes", "image_size", "noise")}
+DATASET_OPTIONS = {"digits": ("image_size", "channels"), "cifar10": (), "synthetic": ("samples", "classes", "image_size", "noise")}
 MODELS = ("resnet20", "small_cnn")
 FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 TORCHVISION = re.compile(r"^torchvision:[A-Za-z_]\w*$")
@@ -63,6 +63,7 @@ class DataConfig(_Strict):
     eval_batch_size: int = Field(512, gt=0)
     num_workers: int = Field(0, ge=0)
     augment: list[Literal["hflip", "crop"]] = ["hflip", "crop"]
+    crop_padding: int = Field(4, ge=1, description="the padded random crop's padding in pixels (CIFAR's 4 at 32x32)")
     options: dict[str, Any] = {}
 
     @field_validator("dataset")
@@ -89,6 +90,10 @@ class DataConfig(_Strict):
             if key in allowed and value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 2):
                 raise ValueError(f"@options.{key}: must be an integer >= 2 (got {value!r}) || fix: "
                                  f"write e.g. {key} = 16")
+        channels = self.options.get("channels")
+        if "channels" in allowed and channels is not None and (isinstance(channels, bool) or channels not in (1, 3)):
+            raise ValueError(f"@options.channels: must be 1 (grey, as the images are) or 3 (the grey copied into RGB) "
+                             f"(got {channels!r}) || fix: write channels = 1")
         return self
 
 

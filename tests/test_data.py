@@ -226,3 +226,23 @@ def test_a_subset_of_tensor_images_is_batched_too():
     loader = make_loader(subset, 16, shuffle=False, seed=0)
     assert isinstance(loader, TensorBatches) and len(loader) == 4
     assert torch.equal(torch.cat([y for _x, y in loader]), data.val.labels[:50])
+
+
+def test_digits_at_their_own_size_in_grey_are_the_raw_images_and_the_crop_padding_is_the_recipes():
+    from sklearn.datasets import load_digits
+
+    cfg = DataConfig(dataset="digits", augment=["crop"], crop_padding=1, options={"image_size": 8, "channels": 1})
+    data = build_data(cfg, seed=0)
+    assert data.input_shape == (1, 8, 8)
+    raw = torch.from_numpy(load_digits().images).float().div(16.0)
+    stored = data.test.images[:, 0]
+    assert all(bool((raw == img).all(dim=(1, 2)).any()) for img in stored[:20])  # not resized: the same pixels
+    assert data.train.batch_ops.crop_padding == 1
+    x = data.train.images[:32]
+    mean, std = torch.tensor(data.train.batch_ops.mean).view(1, -1, 1, 1), torch.tensor(data.train.batch_ops.std).view(1, -1, 1, 1)
+    out = data.train.batch_ops(x, torch.Generator().manual_seed(0)) * std + mean
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    for i in range(len(x)):  # shifted by at most one pixel
+        assert any(torch.allclose(padded[i, :, t:t + 8, l:l + 8], out[i], atol=1e-5) for t in range(3) for l in range(3))
+    rgb = build_data(DataConfig(dataset="digits", options={"image_size": 8}), seed=0)
+    assert rgb.input_shape == (3, 8, 8) and torch.equal(rgb.test.images[:, 0], rgb.test.images[:, 2])

@@ -303,3 +303,12 @@ def test_each_step_kind_names_its_bad_field(tmp_path, step, field, words):
     text = f'[data]\ndataset = "digits"\n[[steps]]\n{step}\n[budgets]\naccuracy_drop_under = 0.01\n'
     msg = error_for(tmp_path, text)
     assert f"field '{field}'" in msg and words in msg, msg
+
+
+@pytest.mark.parametrize("edit, needle", [
+    ('options = { channels = 2 }', "field 'data.options.channels'"),
+    ('crop_padding = 0', "field 'data.crop_padding'"),
+])
+def test_digits_channels_and_crop_padding_are_checked(tmp_path, edit, needle):
+    msg = error_for(tmp_path, BASE.replace('dataset = "digits"', f'dataset = "digits"\n{edit}'))
+    assert needle in msg, msg
