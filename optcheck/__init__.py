@@ -31,6 +31,13 @@ _LAZY = {
     "load_recipe": "optcheck.recipe",
     "RecipeError": "optcheck.errors",
     "DatasetMissing": "optcheck.errors",
+    "run_property": "optcheck.properties",
+    "restore_exact": "optcheck.properties",
+    "export_matches_converted": "optcheck.properties",
+    "flops_match": "optcheck.properties",
+    "flops_monotone": "optcheck.properties",
+    "fastnas_search_space": "optcheck.properties",
+    "PropertyFailure": "optcheck.properties",
 }
 __all__ = sorted(_LAZY)
 
@@ -42,6 +49,8 @@ if TYPE_CHECKING:
                              paired_accuracy_drop)
     from .errors import DatasetMissing, RecipeError
     from .measure import count_flops, count_params, sparsity, weight_bytes
+    from .properties import (PropertyFailure, export_matches_converted, fastnas_search_space, flops_match,
+                             flops_monotone, restore_exact, run_property)
     from .recipe import load_recipe
 
 

@@ -36,8 +36,8 @@ def _as_args(dummy_input: Any) -> tuple:
     return dummy_input if isinstance(dummy_input, tuple) else (dummy_input,)
 
 
-def count_flops(model: nn.Module, dummy_input: Any) -> int:
-    """Inference FLOPs of ``model`` on ``dummy_input`` (2 x MACs, BatchNorm excluded)."""
+def macs_per_node(model: nn.Module, dummy_input: Any) -> dict:
+    """torchprofile's MACs per traced node of ``model`` in eval mode (its training flag restored)."""
     from torchprofile import profile_macs
 
     was_training = model.training
@@ -45,9 +45,14 @@ def count_flops(model: nn.Module, dummy_input: Any) -> int:
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            per_node = profile_macs(model, args=_as_args(dummy_input), reduction=None)
+            return profile_macs(model, args=_as_args(dummy_input), reduction=None)
     finally:
         model.train(was_training)
+
+
+def count_flops(model: nn.Module, dummy_input: Any) -> int:
+    """Inference FLOPs of ``model`` on ``dummy_input`` (2 x MACs, BatchNorm excluded)."""
+    per_node = macs_per_node(model, dummy_input)
     return 2 * int(sum(macs for node, macs in per_node.items() if node.operator not in IGNORED_OPS))
 
 

@@ -12,6 +12,17 @@ import pytest
 _THREADS_AT_START = int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def not_an_xdist_worker():
+    """Under `pytest tests -n 2` (the README's command) a worker carries xdist's variables into the
+    pytest runs the tests start (pytester, subprocesses): optcheck and pytest-benchmark would take
+    those runs for xdist workers too. Session-scoped, so module fixtures that start runs see it."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+            mp.delenv(name, raising=False)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def torch_threads_restored():
     """A ``RecipeRun`` with ``threads`` sets torch's process-wide thread count (as it must in a real

@@ -184,14 +184,6 @@ def heavy_modules_loaded_once():
     import_modelopt()
 
 
-@pytest.fixture(autouse=True)
-def not_an_xdist_worker(monkeypatch):
-    """Run under `pytest -n`, this suite's workers carry xdist's variables into the runs they start:
-    pytest-benchmark would then think those are xdist workers too."""
-    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.fixture
 def project(pytester, monkeypatch):
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
