@@ -40,6 +40,9 @@ class RecipeFile(pytest.File):
         items: list[pytest.Node] = [BudgetItem.from_parent(self, name=b, check=budget_id(None, b), budget=(None, b),
                                                            run=run) for b in recipe.budgets.active()]
         items += [StageBudgets.from_parent(self, name=stage, run=run) for stage in recipe.budgets.stages]
+        if recipe.properties is not None:
+            items += [PropertyItem.from_parent(self, name=f"property[{c}]", check=f"property[{c}]", prop=c, run=run)
+                      for c in recipe.properties.checks]
         if state.ledger is not None:
             for stage in stages_of(recipe):
                 items.append(LedgerItem.from_parent(self, name=f"ledger[{stage}]", check=f"ledger[{stage}]",
@@ -209,6 +212,52 @@ class BudgetItem(_CheckItem):
             raise
         if key:
             verdicts.store(self.run, key, "passed", dict(measured))
+
+
+class PropertyItem(_CheckItem):
+    """``recipes/<name>.toml::property[<check>]``: a property of every subnet of the recipe's FastNAS search
+    space (``[properties]``; ``optcheck.properties``), checked by Hypothesis on drawn subnets. A failure
+    shows the shrunk subnet; its example database lives in the artifact cache (``hypothesis/``), so the
+    next run tries that subnet first. The verdict is kept like a budget's (``verdicts.py``)."""
+
+    def __init__(self, *, prop: str, **kwargs):
+        super().__init__(**kwargs)
+        self.prop = prop
+
+    def runtest(self) -> None:
+        from . import verdicts
+        from .keys import digest
+        from .properties import for_recipe, verdict_material
+        from .quiet import library_noise
+
+        self.prepare()
+        cache = self.run.cache
+        key = None
+        if cache is not None and self.run.plan[0].name in self.run.keys:
+            key = digest(verdict_material(self.prop, self.run))
+        stored = verdicts.replay(cache, key) if key else None
+        if stored is not None:
+            self.user_properties.extend((f"optcheck.{k}", v) for k, v in {**stored["measured"], "verdict_cache": "hit"}.items())
+            self.run.log(f"{self.run.recipe.name}: {self.check} {stored['outcome']} (verdict from the cache; "
+                         "--optcheck-rebuild checks it again)")
+            if stored["outcome"] == "failed":
+                raise AssertionError(stored["message"])
+            return
+        database = None if cache is None else cache.root / "hypothesis"
+        self.run.log(f"{self.run.recipe.name}: checking {self.prop} on {self.run.recipe.properties.examples} subnets")
+        try:
+            with library_noise():
+                got = for_recipe(self.prop, self.run, database)
+        except AssertionError as exc:
+            measured = {"examples": getattr(getattr(exc, "run", None), "examples", None)}
+            if key:
+                verdicts.store(self.run, key, "failed", measured, str(exc))
+            raise
+        measured = {"examples": got.examples, "seconds": round(got.seconds, 3), "subnets": got.search_space_size,
+                    "examples_per_second": round(got.examples_per_second, 3) if got.seconds > 0 else None}
+        self.user_properties.extend((f"optcheck.{k}", v) for k, v in measured.items())
+        if key:
+            verdicts.store(self.run, key, "passed", measured)
 
 
 class LedgerItem(_CheckItem):

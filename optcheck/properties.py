@@ -449,3 +449,47 @@ def run_property(check: Callable[[nn.Module, dict, Any], None], converted_factor
                           ("replay", replay)])
         raise
     return PropertyRun(name, count["examples"], time.perf_counter() - begin, setup, size, count["first_failure"])
+
+
+# -- a recipe's [properties] table ------------------------------------------------------------------
+
+def for_recipe(name: str, run, database_dir: str | Path | None = None) -> PropertyRun:
+    """Run the property ``name`` of a recipe's ``[properties]`` table over the search space of its
+    first FastNAS step (the step's divisors), on the recipe's model as ``[model]`` builds it (untrained:
+    these are properties of the architecture and of Model Optimizer's save / restore / export), with a
+    random input of the data's shape seeded by the recipe's seed. Hypothesis is seeded by it too, so a
+    run repeats; ``database_dir`` keeps a failing subnet to try first next time."""
+    import datetime
+    import functools
+
+    ctx, cfg, step = run.ctx, run.recipe.properties, run.recipe.step("fastnas")
+    make_model = ctx.make_model
+    checks = {"restore_exact": functools.partial(restore_exact, make_model=make_model),
+              "export_matches_converted": export_matches_converted, "flops_match": flops_match,
+              "flops_monotone": flops_monotone}
+    example = torch.randn(cfg.batch_size, *ctx.data.input_shape,
+                          generator=torch.Generator().manual_seed(run.seed)).to(ctx.device)
+    deadline = None if cfg.deadline_ms is None else datetime.timedelta(milliseconds=cfg.deadline_ms)
+
+    def converted() -> nn.Module:
+        return fastnas_search_space(make_model(), channel_divisor=step.channel_divisor,
+                                    feature_divisor=step.feature_divisor)
+
+    return run_property(checks[name], converted, example_input=example, max_examples=cfg.examples,
+                        deadline=deadline, database_dir=database_dir, seed=run.seed)
+
+
+def verdict_material(name: str, run) -> dict[str, Any]:
+    """What a property's verdict depends on: the property, the [properties] table, the FastNAS step, the
+    model and data (through the baseline's cache key: model source, data, versions, numerics), the
+    code that draws and checks (this module, the strategies, the FLOPs count) and Hypothesis's version."""
+    from importlib.metadata import version
+
+    here = Path(__file__).parent
+    code = hashlib.sha256()
+    for module in ("properties", "strategies", "measure", "compat"):
+        code.update((here / f"{module}.py").read_bytes())
+    baseline = run.plan[0].name
+    return {"property": name, "properties": run.recipe.properties.model_dump(mode="json"),
+            "step": run.recipe.step("fastnas").model_dump(mode="json"), "baseline": run.keys[baseline]["key"],
+            "code": code.hexdigest(), "hypothesis": version("hypothesis"), "format": 1}

@@ -274,6 +274,27 @@ class LatencyConfig(_Strict):
     confidence: float = Field(0.95, gt=0.5, lt=1, description="of the interval of the median ratio")
 
 
+PROPERTY_CHECKS = ("restore_exact", "export_matches_converted", "flops_match", "flops_monotone")
+
+
+class PropertiesConfig(_Strict):
+    """Property checks over the whole search space of the recipe's FastNAS step (``optcheck.properties``):
+    each check is one test item, run by Hypothesis over drawn subnets of the untrained model."""
+
+    checks: list[Literal[PROPERTY_CHECKS]] = Field(  # type: ignore[valid-type]
+        min_length=1, description="restore_exact | export_matches_converted | flops_match | flops_monotone")
+    examples: int = Field(20, ge=1, le=10_000, description="subnets Hypothesis draws per check (max_examples)")
+    deadline_ms: float | None = Field(None, gt=0, description="Hypothesis's limit per subnet; none by default")
+    batch_size: int = Field(2, ge=1, description="the example input's batch (random, seeded by the recipe's seed)")
+
+    @field_validator("checks")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"checks {v} name a check twice || fix: list each check once")
+        return v
+
+
 class Recipe(_Strict):
     name: str
     description: str = ""
@@ -287,6 +308,7 @@ class Recipe(_Strict):
     steps: list[Step] = []
     budgets: Budgets
     latency: LatencyConfig = LatencyConfig()
+    properties: PropertiesConfig | None = None
     ledger: LedgerDefaults = LedgerDefaults()
     path: Path | None = Field(None, exclude=True)
 
@@ -326,6 +348,9 @@ class Recipe(_Strict):
             raise ValueError("@steps: the recipe has no [[steps]], so its budgets would compare the baseline with "
                              "itself and could never fail || fix: add a [[steps]] table (kind = "
                              f"{' | '.join(map(repr, step_registry.listable()))})")
+        if self.properties is not None and self.step("fastnas") is None:
+            raise ValueError("@properties: property checks draw subnets from a FastNAS search space, and this recipe "
+                             "has no kind = \"fastnas\" step || fix: add a fastnas step, or remove [properties]")
         if self.budgets.refs() == [(None, "baseline_accuracy_at_least")]:
             raise ValueError("@budgets: a recipe needs at least one budget under [budgets] that judges the compressed model || fix: add e.g. accuracy_drop_under = 0.01")
         for stage in self.budgets.stages:
