@@ -40,9 +40,9 @@ class RecipeFile(pytest.File):
         items: list[pytest.Node] = [BudgetItem.from_parent(self, name=b, check=budget_id(None, b), budget=(None, b),
                                                            run=run) for b in recipe.budgets.active()]
         items += [StageBudgets.from_parent(self, name=stage, run=run) for stage in recipe.budgets.stages]
-        if recipe.properties is not None:
-            items += [PropertyItem.from_parent(self, name=f"property[{c}]", check=f"property[{c}]", prop=c, run=run)
-                      for c in recipe.properties.checks]
+        if recipe.properties is not None:  # first: they need no stage, so they run while another worker trains
+            items[:0] = [PropertyItem.from_parent(self, name=f"property[{c}]", check=f"property[{c}]", prop=c,
+                                                  run=run) for c in recipe.properties.checks]
         if state.ledger is not None:
             for stage in stages_of(recipe):
                 items.append(LedgerItem.from_parent(self, name=f"ledger[{stage}]", check=f"ledger[{stage}]",
