@@ -113,6 +113,31 @@ def check_forward(ctx, model, path: str) -> None:
             f"(2, {ctx.data.num_classes}): one logit per class of the data",
             fix="build the classifier head with num_classes outputs (optcheck passes num_classes= to a factory "
                 "that takes it)")])
+    check_training_forward(model, x, path)
+
+
+def check_training_forward(model, x, path: str) -> None:
+    """Training runs the model in training mode, where some models return more than the logits
+    (torchvision's googlenet and inception_v3 with aux_logits=True return a named tuple with their
+    auxiliary heads' outputs). Checked on a copy, so no BatchNorm statistic of the model moves."""
+    import copy
+
+    import torch
+
+    probe = copy.deepcopy(model).train()
+    try:
+        with torch.no_grad():
+            out = probe(x)
+    except Exception:  # noqa: BLE001 - training itself reports a failing training forward with its cause
+        return
+    if not isinstance(out, torch.Tensor):
+        aux = any(hasattr(probe, a) for a in ("aux1", "AuxLogits", "aux_logits"))
+        raise RecipeError(path, [Problem(
+            "model.options", f"the model's forward returns a {type(out).__name__} in training mode (a tensor of "
+            "logits in eval mode): optcheck trains on one logits tensor",
+            fix=("pass model options = { aux_logits = false } (torchvision's googlenet and inception_v3 return "
+                 "their auxiliary heads' outputs in training mode)" if aux else
+                 "return the logits tensor alone in training mode too (e.g. wrap the model: `return self.net(x)[0]`)"))])
 
 
 def layer_widths(model) -> list[int]:

@@ -217,7 +217,9 @@ def test_the_recipe_path_fails_where_the_single_phases_pass(tmp_path):
                             feature_divisor=8), (*PHASES, "recipe_path"), tmp_path)
     assert [p.status for p in r.phases] == [PASSED] * len(PHASES) + [FAILED], r.as_dict()
     p = r.phase("recipe_path")
-    assert p.error_type == "StepError" and "stage 'baseline'" in p.message and "tuple" in p.message, p.message
+    # caught before training, by the recipe's checks (checks.check_training_forward), with the fix
+    assert p.error_type == "RecipeError" and "model.options" in p.message, p.message
+    assert "returns a tuple in training mode" in p.message and "logits tensor alone" in p.message, p.message
     assert "aux_logits=False" in p.hint
 
 
