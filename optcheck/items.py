@@ -1,5 +1,6 @@
 """pytest collection nodes: a recipe file, one item per budget of its final stage, one collector per
-``[budgets.<stage>]`` table (``recipe.toml::<stage>::<budget>``), one item per ledger stage."""
+``[budgets.<stage>]`` table (``recipe.toml::<stage>::<budget>``), one item per ledger stage; for a zoo
+recipe, one collector per model and one item per phase (``zoo.toml::model[<label>]::<phase>``)."""
 
 from __future__ import annotations
 
@@ -21,16 +22,20 @@ class RecipeFile(pytest.File):
     def collect(self):
         from .budgets import budget_id
         from .pipeline import stages_of
-        from .recipe import load_recipe
+        from .recipe import load_any
         from .session import get_state
+        from .zoo_recipe import ZooRecipe
 
         state = get_state(self.config)
         try:
-            recipe = load_recipe(self.path)
+            recipe = load_any(self.path)
         except RecipeError as exc:
             state.bad_recipes.add(self.nodeid)
             exc.path = self.nodeid.split("::")[0]  # as pytest shows it: relative to the rootdir
             raise self.CollectError(str(exc)) from None
+        if isinstance(recipe, ZooRecipe):
+            yield from self._zoo(recipe, state)
+            return
         if state.enabled:
             from .on_disk import data_missing
 
@@ -52,6 +57,38 @@ class RecipeFile(pytest.File):
             if skip_reason:
                 item.add_marker(pytest.mark.skip(reason=skip_reason))
             yield item
+
+
+    def _zoo(self, recipe, state):
+        try:
+            cases = recipe.cases()
+        except Exception as exc:  # noqa: BLE001 - torchvision:* needs torchvision
+            state.bad_recipes.add(self.nodeid)
+            raise self.CollectError(f"{self.nodeid}: zoo.models: cannot list the models ({type(exc).__name__}: "
+                                    f"{exc})\n  fix: install torchvision, or name the models") from None
+        for case in cases:
+            node = ZooModelNode.from_parent(self, name=f"model[{case.label}]", recipe=recipe, case=case)
+            if not state.enabled:
+                node.add_marker(pytest.mark.skip(reason=DISABLED_REASON))
+            yield node
+
+
+class ZooModelNode(pytest.Collector):
+    """``zoo.toml::model[<label>]``: one model of a zoo recipe, one item per phase. Under xdist a
+    model's items stay on one worker (``schedule.recipe_scope``): each phase needs the ones before."""
+
+    def __init__(self, *, recipe: Any, case: Any, **kwargs):
+        super().__init__(**kwargs)
+        self.recipe, self.case = recipe, case
+
+    def collect(self):
+        for phase in self.recipe.phases:
+            yield ZooPhaseItem.from_parent(self, name=phase, check=f"{self.name}::{phase}", run=None,
+                                           recipe=self.recipe, case=self.case, phase=phase)
+
+
+class KnownFailureHit(AssertionError):
+    """A phase failed as its known-failure ledger entry says (the only failure its xfail accepts)."""
 
 
 class StageBudgets(pytest.Collector):
@@ -258,6 +295,58 @@ class PropertyItem(_CheckItem):
         self.user_properties.extend((f"optcheck.{k}", v) for k, v in measured.items())
         if key:
             verdicts.store(self.run, key, "passed", measured)
+
+
+class ZooPhaseItem(_CheckItem):
+    """``zoo.toml::model[<label>]::<phase>``: the phase passes on that model (``zoo.py``). Runs the
+    model's earlier phases first when they have not run in this process. A known failure recorded in
+    the regression ledger xfails (strict: the day it passes, the run fails and says to remove it)."""
+
+    def __init__(self, *, recipe: Any, case: Any, phase: str, **kwargs):
+        super().__init__(**kwargs)
+        self.recipe, self.case, self.phase = recipe, case, phase
+        self.user_properties += [("optcheck.zoo_model", case.name), ("optcheck.zoo_label", case.label),
+                                 ("optcheck.zoo_phase", phase), ("optcheck.zoo_input", case.input_size),
+                                 ("optcheck.zoo_recipe", recipe.name)]
+
+    def setup(self) -> None:
+        from .session import get_state
+        from .zoo_session import known_failure
+
+        state = get_state(self.config)
+        self.known = known_failure(state.ledger, self.recipe.name, self.case.label, self.phase)
+        if self.known is not None and state.update != "all":
+            where = f"[{self.recipe.name}.cpu.{self.case.label}] in {state.ledger.display}"
+            self.add_marker(pytest.mark.xfail(
+                reason=f"known failure {self.known.reason} ({where}); if it passes, it was fixed upstream: remove "
+                       "that entry and close the ticket", strict=True, raises=KnownFailureHit))
+
+    def runtest(self) -> None:
+        from .session import get_state
+        from .zoo import FAILED, NOT_RUN, XFAILED, ModelResult, classify
+
+        state = get_state(self.config)
+        zoo = state.zoo_session()
+        stepper = zoo.stepper(self.recipe, self.case)
+        result = stepper.run_until(self.phase)
+        if getattr(stepper, "cached", False):
+            self.user_properties.append(("optcheck.verdict_cache", "hit"))
+        else:
+            zoo.finished(self.recipe, self.case, stepper)
+        self.user_properties.append(("optcheck.seconds", round(result.seconds, 3)))
+        if result.details:
+            self.user_properties.append(("optcheck.zoo_details", result.as_dict().get("details")))
+        if result.status == NOT_RUN:
+            raise pytest.skip.Exception(f"{self.case.label}: {result.message}", _use_item_location=True)
+        if result.status != FAILED:
+            return
+        single = ModelResult(self.case, [result], result.seconds, self.recipe.seed)
+        verdict = classify([single], [self.known] if self.known else [])[0]
+        text = f"{self.case.name} {self.phase} failed: {verdict.message}"
+        if verdict.outcome == XFAILED:
+            raise KnownFailureHit(text)
+        raise AssertionError(text if self.known else f"{self.case.name} {self.phase} failed: {result.error}\n"
+                                                     f"  fix: {result.hint}")
 
 
 class LedgerItem(_CheckItem):

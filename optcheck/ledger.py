@@ -11,6 +11,11 @@
     written_by = { cpu = "...", capability = "AVX512", isa = "...", threads = 1, torch = "...", ... }
     known_failure = "GH-42: ..."  # optional: the check xfails with this reason
 
+    [torchvision_zoo.cpu.squeezenet1_0]   # a zoo recipe's model (zoo_recipe.py): no metrics, a known failure
+    known_failure = "#10: Model Optimizer 0.47 splits a concatenation's width ..."
+    phase = "restore"                     # the phase that fails; its item xfails (strict)
+    match = "Inconsistent keys in config" # optional: a regex the failure must match, else it is another failure
+
 The ledger detects *drift* from accepted values; budgets are the contracts. Its tolerances come
 from measured variation (``--optcheck-calibrate``: ``calibrate.py``), never from an assumption of
 bit-exactness: ``tolerance.test_acc`` is absolute (a fraction), the others are relative to the
@@ -50,6 +55,7 @@ METRICS = ("test_acc", "flops", "params", "ckpt_bytes")
 ARCHITECTURE = ("flops", "params")  # exact on any machine when the recipe alone decides them
 FIELDS = (*METRICS, "tolerance", "observed", "calibration", "written_by", "accuracy_tolerance",
           "bytes_tolerance", "known_failure")
+ZOO_FIELDS = ("known_failure", "phase", "match")  # a zoo model's entry
 LEGACY_TOLERANCE = {"accuracy_tolerance": "test_acc", "bytes_tolerance": "ckpt_bytes"}
 TICKET = re.compile(r"([A-Z][A-Z0-9]+-\d+|#\d+|https?://\S+)")
 HEADER = """\
@@ -139,7 +145,7 @@ def load_ledger(path: Path, known_recipes: set[str] | dict[str, set[str] | None]
                                       (f"did you mean '{near[0]}'? " if near else "") + "the recipe's stages are "
                                       f"{', '.join(sorted(stages_known))}; rename the table, or delete it if the "
                                       "stage is gone")
-                if not STAGE_NAME.match(stage):
+                if not STAGE_NAME.match(stage) and not (isinstance(entry, dict) and "phase" in entry):  # a zoo label may hold ':'
                     raise LedgerError(display, _line(text, where), f"'{stage}' in [{recipe}.{platform}] is not "
                                       "a stage name", "use the stage names of the recipe's plan (the first, "
                                       "then one per step)")
@@ -156,6 +162,8 @@ def _expect_table(value: Any, display: str, text: str, where: list[str], what: s
 
 def _check_entry(entry: dict, display: str, text: str, where: list[str]) -> dict[str, Any]:
     name = ".".join(where)
+    if "phase" in entry:
+        return _check_zoo_entry(entry, display, text, where)
     for key, value in entry.items():
         line = _line(text, where, key)
         if key not in FIELDS:
@@ -191,6 +199,36 @@ def _check_entry(entry: dict, display: str, text: str, where: list[str]) -> dict
     if missing:
         raise LedgerError(display, _line(text, where), f"[{name}] lacks {', '.join(missing)}",
                           "add them, or delete the entry and run --optcheck-update to record it")
+    return dict(entry)
+
+
+def _check_zoo_entry(entry: dict, display: str, text: str, where: list[str]) -> dict[str, Any]:
+    """A zoo model's known failure: ``known_failure`` (naming its ticket), ``phase``, optional ``match``."""
+    from .zoo import ALL_PHASES
+
+    name = ".".join(where)
+    for key, value in entry.items():
+        line = _line(text, where, key)
+        if key not in ZOO_FIELDS:
+            raise LedgerError(display, line, f"unknown field '{key}' in [{name}] (a zoo model's entry: it has a phase)",
+                              f"fields of a zoo model's entry are {', '.join(ZOO_FIELDS)}")
+        if key == "phase" and value not in ALL_PHASES:
+            raise LedgerError(display, line, f"phase = {value!r} in [{name}] is not a zoo phase",
+                              f"use one of {', '.join(ALL_PHASES)}")
+        if key == "known_failure" and not (isinstance(value, str) and TICKET.search(value)):
+            raise LedgerError(display, line, f"'known_failure' in [{name}] is {value!r}",
+                              "make it a reason that names its ticket, e.g. \"GH-123: ...\", \"#123 ...\" or a URL")
+        if key == "match":
+            try:
+                ok = isinstance(value, str) and re.compile(value) is not None
+            except re.error as exc:
+                ok, value = False, f"{value!r} ({exc})"
+            if not ok:
+                raise LedgerError(display, line, f"'match' in [{name}] is not a regular expression: {value}",
+                                  "write a Python regex searched in \"ErrorType: message\", e.g. \"Inconsistent keys\"")
+    if "known_failure" not in entry:
+        raise LedgerError(display, _line(text, where), f"[{name}] has a phase but no known_failure",
+                          "add known_failure = \"<TICKET-1>: <why>\", or delete the entry")
     return dict(entry)
 
 

@@ -44,6 +44,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="before the checks, rebuild each selected recipe under N variants (seeds, CPU "
                          "kernel paths, thread counts; one subprocess each) and write the measured "
                          "ranges and tolerances into the ledger (8 or more recommended)")
+    group.addoption("--optcheck-shard", default=None, metavar="K/N",
+                    help="run only the K-th of N shards (1 <= K <= N): recipe files and zoo models dealt "
+                         "round-robin in collection order, the same split on every machine; merge the shards' "
+                         "--optcheck-report files with python -m optcheck.merge")
     group.addoption("--optcheck-report", default=None, metavar="PATH",
                     help="write a JSON report: machine, versions, git commit, metrics, verdicts, cache hits")
     group.addoption("--optcheck-plot", default=None, metavar="PATH",
@@ -67,6 +71,10 @@ def _recipe_roots(config: pytest.Config) -> list[Path]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "optcheck_recipe(path): the recipe the optcheck fixtures of this test use")
+    if config.getoption("optcheck_shard"):
+        from .schedule import parse_shard
+
+        parse_shard(config.getoption("optcheck_shard"))  # a usage error before anything is collected
     device = config.getoption("optcheck_device") or config.getini("optcheck_device")
     if device not in ("auto", "cpu", "cuda"):
         raise pytest.UsageError(f"optcheck_device = {device!r} in the ini file: use auto, cpu or cuda")
@@ -247,6 +255,14 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     worker and per shared stage: ``schedule``). Under xdist, pytest-benchmark's warning that benchmarks
     are disabled is withheld when its only "benchmarks" are optcheck's latency checks: they measure
     there anyway, and say so in their results (``latency.py``)."""
+    shard = config.getoption("optcheck_shard")
+    if shard:
+        from .schedule import parse_shard, shard_items
+
+        keep, drop = shard_items(items, *parse_shard(shard))
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = keep
     bs = getattr(config, "_benchmarksession", None)
     if bs is not None and getattr(bs, "xdist_benchmark_found", False):
         from .items import _CheckItem

@@ -529,8 +529,8 @@ def parse_recipe(raw: dict, path: Path) -> Recipe:
         raise RecipeError(str(path), _dedupe([_problem(e) for e in exc.errors()])) from None
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file. Raises ``RecipeError`` naming the file and the fields."""
+def read_recipe_file(path: str | Path) -> dict:
+    """A recipe file's TOML data. Raises ``RecipeError`` naming the file for unreadable text."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -546,8 +546,27 @@ def load_recipe(path: str | Path) -> Recipe:
             fix="save the file as UTF-8 without BOM (e.g. in VS Code: 'Save with Encoding' -> 'UTF-8'; or "
                 "run: sed -i '1s/^\\xEF\\xBB\\xBF//' " + path.name + ")")])
     try:
-        raw = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(str(path), [Problem("<syntax>", f"not valid TOML: {exc}",
                                               fix="fix the TOML syntax at the line and column given")]) from None
-    return parse_recipe(raw, path)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file. Raises ``RecipeError`` naming the file and the fields."""
+    raw = read_recipe_file(path)
+    from .zoo_recipe import is_zoo
+
+    if is_zoo(raw):
+        raise RecipeError(str(path), [Problem("zoo", "this is a zoo recipe (a [zoo] table of models), not a "
+                                              "pipeline recipe", fix="run it with pytest --optcheck; the recipe "
+                                              "fixtures and --optcheck-calibrate take pipeline recipes")])
+    return parse_recipe(raw, Path(path))
+
+
+def load_any(path: str | Path):
+    """A pipeline ``Recipe``, or a ``ZooRecipe`` for a file with a ``[zoo]`` table."""
+    raw = read_recipe_file(path)
+    from .zoo_recipe import is_zoo, parse_zoo
+
+    return parse_zoo(raw, Path(path)) if is_zoo(raw) else parse_recipe(raw, Path(path))

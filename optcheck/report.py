@@ -92,6 +92,7 @@ def session_meta(config, state) -> dict[str, Any]:
         "cache": state.cache_note,
         "ledger": state.ledger.display if state.ledger else None,
         "update": state.update,
+        "shard": config.getoption("optcheck_shard", None),
     }
 
 
@@ -102,6 +103,7 @@ def finish_session(config, state) -> list[str]:
     from .ledger import write_updates
 
     recipes, updates = state.merged()
+    add_zoo_tables(recipes)
     written: list[str] = []
     order = {r["recipe"]: r.get("order", list(r["stages"])) for r in recipes}
     if updates and state.ledger is not None and _write(state.ledger.path,
@@ -131,6 +133,17 @@ def finish_session(config, state) -> list[str]:
         if _write(path, lambda p: write_plot(doc, p)):
             written.append(f"plot: {target}")
     return written
+
+
+def add_zoo_tables(recipes: list[dict[str, Any]]) -> None:
+    """A zoo recipe's results get their matrix (``zoo_report.zoo_table``) under ``"zoo"``."""
+    from .zoo_report import zoo_table
+
+    for r in recipes:
+        zoo = zoo_table(r)
+        if zoo is not None:
+            r["zoo"] = zoo
+            r["recipe"] = zoo["recipe"]
 
 
 def _write(path: Path, writer) -> bool:
@@ -208,6 +221,11 @@ def terminal_lines(state, written: list[str]) -> list[str]:
         return []
     lines: list[str] = []
     for r in doc["recipes"]:
+        if r.get("zoo"):
+            from .zoo_report import terminal_lines as zoo_lines
+
+            lines += zoo_lines(r["zoo"], r["path"]) + [""]
+            continue
         if not r["stages"]:
             continue
         metrics = {s: info["metrics"] for s, info in r["stages"].items()}
@@ -300,6 +318,11 @@ def markdown(doc: dict[str, Any]) -> str:
     machine = meta["machine"]["gpu"] or f"{meta['machine']['cpus']} CPUs"
     out = [f"## optcheck — commit `{commit}`, {', '.join(devices)} ({machine})", ""]
     for r in doc["recipes"]:
+        if r.get("zoo"):
+            from .zoo_report import markdown_lines
+
+            out += markdown_lines(r["zoo"], r["path"])
+            continue
         out.append(f"### {r['recipe']} (`{r['path']}`)")
         out.append("")
         verdicts = r.get("verdicts", {})

@@ -26,9 +26,15 @@ import os
 
 def recipe_scope(nodeid: str) -> str:
     """The unit of work a node id belongs to: its recipe file for an optcheck item
-    (``recipes/a.toml::flops_below`` -> ``recipes/a.toml``), the node id itself otherwise."""
-    path = nodeid.split("::", 1)[0]
-    return path if path.endswith(".toml") else nodeid
+    (``recipes/a.toml::flops_below`` -> ``recipes/a.toml``), its model for a zoo item
+    (``zoo/tv.toml::model[resnet18]::restore`` -> ``zoo/tv.toml::model[resnet18]``: the models of a
+    zoo spread over the workers, a model's phases stay together), the node id itself otherwise."""
+    parts = nodeid.split("::")
+    if not parts[0].endswith(".toml"):
+        return nodeid
+    if len(parts) > 1 and parts[1].startswith("model[") and parts[1].endswith("]"):
+        return "::".join(parts[:2])
+    return parts[0]
 
 
 def explicit_dist(args: list[str]) -> bool:
@@ -73,3 +79,27 @@ def stage_threads(lineages: list[dict[str, str]], cores: int | None = None) -> l
     cores = cores or usable_cores()
     common = set.intersection(*(set(lin.values()) for lin in lineages))
     return [{stage: cores for stage, sig in lin.items() if sig in common} for lin in lineages]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> ``(K, N)`` with 1 <= K <= N; a usage error otherwise."""
+    import pytest
+
+    k, sep, n = str(text).partition("/")
+    if not (sep and k.strip().isdigit() and n.strip().isdigit() and 1 <= int(k) <= int(n)):
+        raise pytest.UsageError(f"--optcheck-shard {text!r}: write K/N with 1 <= K <= N, e.g. --optcheck-shard 1/2 "
+                                "(the first of two shards)")
+    return int(k), int(n)
+
+
+def shard_items(items: list, k: int, n: int) -> tuple[list, list]:
+    """``(kept, dropped)``: the items of shard ``k`` of ``n``. The units (``recipe_scope``: a recipe
+    file, a zoo model, any other test) are dealt round-robin in collection order, so every machine
+    that collects the same tests splits them the same way, and no unit is split."""
+    order: dict[str, int] = {}
+    for item in items:
+        order.setdefault(recipe_scope(item.nodeid), len(order))
+    keep, drop = [], []
+    for item in items:
+        (keep if order[recipe_scope(item.nodeid)] % n == k - 1 else drop).append(item)
+    return keep, drop

@@ -46,6 +46,19 @@ class OptcheckState:
     final: dict | None = None  # the merged results and metadata, once the session has finished
     bad_recipes: set[str] = field(default_factory=set)  # node ids of recipe files that failed validation
     collect_failures: set[str] = field(default_factory=set)  # node ids of every failed collector
+    zoo: Any = None  # ZooSession, once a zoo item runs
+
+    def zoo_session(self) -> Any:
+        """This process's zoo models (``zoo_session.py``). Threads: the explicit setting, else (auto)
+        the cores shared among the xdist workers."""
+        if self.zoo is None:
+            from .schedule import threads_for
+            from .zoo_session import ZooSession
+
+            workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+            threads = threads_for(workers, workers) if self.threads_auto else self.threads
+            self.zoo = ZooSession(self.cache, self.basetemp, self.log, threads)
+        return self.zoo
 
     def run_for(self, recipe) -> Any:
         """The session's one ``RecipeRun`` for this recipe file (stages then run at most once)."""

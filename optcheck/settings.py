@@ -102,6 +102,13 @@ def known_recipe_names(roots: list[Path], ledger: Path) -> dict[str, set[str] | 
                 raw = {}
             name = raw.get("name") if isinstance(raw.get("name"), str) else f.stem
             steps = raw.get("steps", [])
+            from .zoo_recipe import is_zoo, labels
+
+            if is_zoo(raw):  # a zoo recipe's ledger entries are its models' known failures
+                names[name] = None if name in names else labels(raw)
+                if f.resolve() not in files_of.setdefault(name, []):
+                    files_of[name].append(f.resolve())
+                continue
             try:
                 stages = {ROOT.stage} | {s.get("name") or KINDS[s["kind"]].stage for s in steps}
             except (AttributeError, KeyError, TypeError):
@@ -117,6 +124,16 @@ def known_recipe_names(roots: list[Path], ledger: Path) -> dict[str, set[str] | 
             f"keeps its entries by recipe name, so they would share them. Give one of them its own "
             f"top-level name = \"...\" (or rename the file), or run with --optcheck-ledger off")
     return names
+
+
+def _is_zoo_file(path: Path) -> bool:
+    """A zoo recipe has no metrics to calibrate (its ledger entries are known failures)."""
+    from .zoo_recipe import is_zoo
+
+    try:
+        return is_zoo(tomllib.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
 
 
 def calibrate_session(config: pytest.Config, state, roots: list[Path], count: int) -> None:
@@ -140,7 +157,7 @@ def calibrate_session(config: pytest.Config, state, roots: list[Path], count: in
         for f in files:
             f = f.resolve()
             if (f.suffix == ".toml" and f.name != LEDGER_NAME and f != ledger.resolve()
-                    and any(f == r or r in f.parents for r in roots) and f not in paths):
+                    and any(f == r or r in f.parents for r in roots) and f not in paths and not _is_zoo_file(f)):
                 paths.append(f)
     if not paths:
         raise pytest.UsageError("--optcheck-calibrate: no recipe selected (name recipe files or folders, "

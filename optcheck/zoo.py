@@ -162,6 +162,14 @@ TORCHVISION_ZOO: tuple[ModelCase, ...] = (
 )
 
 
+def torchvision_classification_models() -> list[str]:
+    """Every classification model torchvision registers (``torchvision.models.list_models``), as
+    ``torchvision:NAME``: what a zoo recipe's ``"torchvision:*"`` stands for."""
+    import torchvision.models
+
+    return [f"torchvision:{m}" for m in torchvision.models.list_models(module=torchvision.models)]
+
+
 @dataclass(frozen=True)
 class KnownFailure:
     """``model`` (a case's name, or its label: ``squeezenet1_0`` for ``torchvision:squeezenet1_0``) is
@@ -226,6 +234,11 @@ class PhaseResult:
             out["details"] = _jsonable(self.details)
         return out
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "PhaseResult":
+        return cls(d["phase"], d["status"], float(d.get("seconds", 0.0)), d.get("error_type", ""),
+                   d.get("message", ""), d.get("hint", ""), dict(d.get("details", {})))
+
 
 @dataclass
 class ModelResult:
@@ -254,6 +267,12 @@ class ModelResult:
         return {"model": self.case.name, "case": self.case.as_dict(), "seed": self.seed,
                 "seconds": round(self.seconds, 3), "passed": self.passed, "failed_phase": self.failed_phase,
                 "phases": [p.as_dict() for p in self.phases], "versions": dict(self.versions)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelResult":
+        """The inverse of ``as_dict`` (a result kept in the cache, or read from a JSON report)."""
+        return cls(ModelCase(**d["case"]), [PhaseResult.from_dict(p) for p in d["phases"]], float(d["seconds"]),
+                   int(d.get("seed", 0)), dict(d.get("versions", {})))
 
 
 def _jsonable(value: Any) -> Any:
@@ -671,51 +690,82 @@ def run_model(case: ModelCase, phases: Iterable[str] = PHASES, workdir: str | Pa
     """Run ``phases`` on ``case`` on CPU, in order; the first failure stops the rest. Files go to
     ``workdir`` (a temporary folder, removed after, when None). The imports (modelopt, torchvision)
     happen before the clock starts, so the first model's time is its own."""
-    order = check_phases(phases)
-    if batch_size < 2:
-        raise ValueError("batch_size >= 2: a training-mode BatchNorm needs two samples")
-    if restores < 1:
-        raise ValueError("restores >= 1")
-    _modelopt()
-    if case.name.startswith("torchvision:"):
-        import torchvision.models  # noqa: F401
     own = workdir is None
     root = Path(tempfile.mkdtemp(prefix="optcheck-zoo-")) if own else Path(workdir)
-    root.mkdir(parents=True, exist_ok=True)
-    results: list[PhaseResult] = []
-    start = time.perf_counter()
     try:
-        _run_phases(case, order, root, seed, batch_size, restores, results, log)
+        stepper = ModelStepper(case, phases, root, seed, batch_size=batch_size, restores=restores, log=log)
+        stepper.run_until(stepper.order[-1])
+        return stepper.result()
     finally:
         if own:
             shutil.rmtree(root, ignore_errors=True)
-    return ModelResult(case, results, time.perf_counter() - start, seed, versions())
 
 
-def _run_phases(case: ModelCase, order: tuple[str, ...], root: Path, seed: int, batch_size: int, restores: int,
-                results: list[PhaseResult], log: Callable[[str], None] | None) -> None:
-    state: _Run | None = None
-    failed: str | None = None
-    for phase in order:
-        if failed is not None:
-            results.append(PhaseResult(phase, NOT_RUN, message=f"not run (after {failed} failed)"))
-            continue
+class ModelStepper:
+    """One model's phases run one at a time, on demand: ``run_until(phase)`` runs the phases up to and
+    including ``phase`` that have not run yet (each needs the one before) and returns its result. The
+    pytest items of a zoo recipe (one per model and phase) call it in turn, so each phase's time and
+    verdict belong to its own item; a phase after a failed one is "not run". ``run_model`` is the
+    same, all at once."""
+
+    def __init__(self, case: ModelCase, phases: Iterable[str], workdir: str | Path, seed: int = 0, *,
+                 batch_size: int = 2, restores: int = RESTORE_TRIES, log: Callable[[str], None] | None = None):
+        self.order = check_phases(phases)
+        if batch_size < 2:
+            raise ValueError("batch_size >= 2: a training-mode BatchNorm needs two samples")
+        if restores < 1:
+            raise ValueError("restores >= 1")
+        self.case, self.seed, self.batch_size, self.restores, self.log = case, seed, batch_size, restores, log
+        self.root = Path(workdir)
+        self.results: list[PhaseResult] = []
+        self.seconds = 0.0
+        self._state: _Run | None = None
+        self._failed: str | None = None
+        self._imported = False
+
+    @property
+    def done(self) -> bool:
+        return len(self.results) == len(self.order)
+
+    def run_until(self, phase: str) -> PhaseResult:
+        if phase not in self.order:
+            raise ValueError(f"{self.case.name}: phase {phase!r} is not one of this run's ({', '.join(self.order)})")
+        if not self._imported:  # outside the clock: the first model's time is its own
+            _modelopt()
+            if self.case.name.startswith("torchvision:"):
+                import torchvision.models  # noqa: F401
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._imported = True
+        while len(self.results) <= self.order.index(phase):
+            self._step(self.order[len(self.results)])
+        if self.done:
+            self._state = None  # the models and tensors go; the results stay
+        return self.results[self.order.index(phase)]
+
+    def _step(self, phase: str) -> None:
+        if self._failed is not None:
+            self.results.append(PhaseResult(phase, NOT_RUN, message=f"not run (after {self._failed} failed)"))
+            return
         t0 = time.perf_counter()
         try:
-            if state is None:
-                state = _Run(case, root, seed, batch_size, restores)
-            details = getattr(state, phase)()
+            if self._state is None:
+                self._state = _Run(self.case, self.root, self.seed, self.batch_size, self.restores)
+            details = getattr(self._state, phase)()
         except Exception as exc:  # noqa: BLE001 - any failure of a phase is the finding
-            failed = phase
-            results.append(PhaseResult(phase, FAILED, time.perf_counter() - t0,
-                                       getattr(exc, "error_type", None) or type(exc).__name__, trim_message(exc),
-                                       getattr(exc, "hint", None) or PHASE_HINTS[phase]))
+            self._failed, self._state = phase, None
+            self.results.append(PhaseResult(phase, FAILED, time.perf_counter() - t0,
+                                            getattr(exc, "error_type", None) or type(exc).__name__,
+                                            trim_message(exc), getattr(exc, "hint", None) or PHASE_HINTS[phase]))
         else:
-            results.append(PhaseResult(phase, PASSED, time.perf_counter() - t0, details=details or {}))
-        if log is not None:
-            last = results[-1]
-            log(f"zoo: {case.label} {phase} {last.status} in {last.seconds:.2f} s"
-                + (f": {last.error}" if last.status == FAILED else ""))
+            self.results.append(PhaseResult(phase, PASSED, time.perf_counter() - t0, details=details or {}))
+        last = self.results[-1]
+        self.seconds += last.seconds
+        if self.log is not None:
+            self.log(f"zoo: {self.case.label} {phase} {last.status} in {last.seconds:.2f} s"
+                     + (f": {last.error}" if last.status == FAILED else ""))
+
+    def result(self) -> ModelResult:
+        return ModelResult(self.case, list(self.results), self.seconds, self.seed, versions())
 
 
 def run_zoo(cases: Iterable[ModelCase], phases: Iterable[str] = PHASES, workdir: str | Path | None = None,

@@ -35,9 +35,20 @@ def triggers() -> dict:
     return wf.get("on", wf.get(True))  # YAML 1.1 reads the bare key `on` as True
 
 
-def steps() -> list[dict]:
-    [job] = workflow()["jobs"].values()
-    return job["steps"]
+def steps(job: str = "optcheck") -> list[dict]:
+    return workflow()["jobs"][job]["steps"]
+
+
+def all_steps() -> list[dict]:
+    return [s for job in workflow()["jobs"].values() for s in job["steps"]]
+
+
+def readme_zoo_command() -> str:
+    """The README's zoo command (section "The model-zoo matrix")."""
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"^```bash\n(.+?)\n```$", text, flags=re.S | re.M)
+    [cmd] = [c for c in blocks if "--optcheck-recipes zoo" in c]
+    return cmd
 
 
 def test_readme_starts_with_the_main_job_and_the_test_suite():
@@ -90,14 +101,41 @@ def test_the_workflow_is_pinned_and_least_privileged():
     assert workflow()["permissions"] == {"contents": "read"}
     assert all("permissions" not in job for job in workflow()["jobs"].values())
     uses = re.findall(r"^\s*-?\s*uses:\s*(\S+)(.*)$", WORKFLOW.read_text(), flags=re.M)
-    assert len(uses) == sum("uses" in s for s in steps())
+    assert len(uses) == sum("uses" in s for s in all_steps())
     for ref, comment in uses:
         assert re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", ref), ref
         assert re.fullmatch(r"\s+# v\d+\.\d+\.\d+", comment), (ref, comment)
-    [checkout] = [s for s in steps() if s.get("uses", "").startswith("actions/checkout@")]
-    assert checkout["with"]["persist-credentials"] is False
-    for step in steps():  # no ${{ }} expansion inside a shell script (template injection)
+    checkouts = [s for s in all_steps() if s.get("uses", "").startswith("actions/checkout@")]
+    assert len(checkouts) == len(workflow()["jobs"])
+    assert all(c["with"]["persist-credentials"] is False for c in checkouts)
+    for step in all_steps():  # no ${{ }} expansion inside a shell script (template injection)
         assert "${{" not in step.get("run", "")
+
+
+def test_the_zoo_runs_sharded_with_the_readmes_command_and_one_job_merges_the_shards():
+    jobs = workflow()["jobs"]
+    shards = jobs["zoo"]["strategy"]["matrix"]["shard"]
+    assert shards == [1, 2]
+    [run] = [s for s in steps("zoo") if "--optcheck" in s.get("run", "")]
+    args = shlex.split(run["run"].split("&&")[-1])
+    readme = shlex.split(readme_zoo_command().split("&&")[-1])
+    assert args[:len(readme)] == readme  # the README's command, then the shard's options
+    assert args[len(readme):] == ["--optcheck-shard", "$SHARD/2", "--optcheck-report", ".optcheck/zoo-$SHARD.json"]
+    assert run["env"]["SHARD"] == "${{ matrix.shard }}" and run["env"]["GITHUB_STEP_SUMMARY"] == ""
+    names = [s.get("uses", "run").split("@")[0] for s in steps("zoo")]
+    assert names.index("actions/cache/restore") < names.index("run") < names.index("actions/cache/save")
+    assert steps("zoo")[names.index("actions/cache/save")]["if"] == steps()[
+        [s.get("uses", "run").split("@")[0] for s in steps()].index("actions/cache/save")]["if"]
+    upload = steps("zoo")[names.index("actions/upload-artifact")]
+    assert upload["if"] == "always()" and upload["with"]["path"] == ".optcheck/zoo-${{ matrix.shard }}.json"
+    merge = jobs["zoo-matrix"]
+    assert merge["needs"] == "zoo" and merge["if"] == "always()"
+    [download] = [s for s in merge["steps"] if s.get("uses", "").startswith("actions/download-artifact@")]
+    assert download["with"]["pattern"] == "zoo-report-*" and download["with"]["merge-multiple"] is True
+    [cmd] = [s["run"] for s in merge["steps"] if "run" in s]
+    merged = shlex.split(cmd.split("PYTHONPATH=. ", 1)[1])
+    assert merged[:4] == ["python3", "-m", "optcheck.merge", ".optcheck/zoo.json"]
+    assert merged[4:] == [f"reports/zoo-{k}.json" for k in shards]  # every shard, named: a missing one fails
 
 
 def zizmor() -> str | None:
