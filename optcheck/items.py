@@ -66,8 +66,8 @@ class RecipeFile(pytest.File):
             state.bad_recipes.add(self.nodeid)
             raise self.CollectError(f"{self.nodeid}: zoo.models: cannot list the models ({type(exc).__name__}: "
                                     f"{exc})\n  fix: install torchvision, or name the models") from None
-        for case in cases:
-            node = ZooModelNode.from_parent(self, name=f"model[{case.label}]", recipe=recipe, case=case)
+        for index, case in enumerate(cases):
+            node = ZooModelNode.from_parent(self, name=f"model[{case.label}]", recipe=recipe, case=case, index=index)
             if not state.enabled:
                 node.add_marker(pytest.mark.skip(reason=DISABLED_REASON))
             yield node
@@ -77,14 +77,16 @@ class ZooModelNode(pytest.Collector):
     """``zoo.toml::model[<label>]``: one model of a zoo recipe, one item per phase. Under xdist a
     model's items stay on one worker (``schedule.recipe_scope``): each phase needs the ones before."""
 
-    def __init__(self, *, recipe: Any, case: Any, **kwargs):
+    def __init__(self, *, recipe: Any, case: Any, index: int, **kwargs):
         super().__init__(**kwargs)
-        self.recipe, self.case = recipe, case
+        self.recipe, self.case, self.index = recipe, case, index
 
     def collect(self):
         for phase in self.recipe.phases:
-            yield ZooPhaseItem.from_parent(self, name=phase, check=f"{self.name}::{phase}", run=None,
-                                           recipe=self.recipe, case=self.case, phase=phase)
+            item = ZooPhaseItem.from_parent(self, name=phase, check=f"{self.name}::{phase}", run=None,
+                                            recipe=self.recipe, case=self.case, phase=phase)
+            item.user_properties.append(("optcheck.zoo_index", self.index))  # the matrix's row order
+            yield item
 
 
 class KnownFailureHit(AssertionError):

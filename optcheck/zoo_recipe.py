@@ -123,12 +123,13 @@ class ZooRecipe(Strict):
         from .zoo import ModelCase, torchvision_classification_models
 
         z = self.zoo
+        explicit = {m if isinstance(m, str) else m.name for m in z.models} - {ALL_TORCHVISION}
         out, seen = [], set()
         for m in z.models:
-            entries = ([ZooModel(name=n) for n in torchvision_classification_models()] if m == ALL_TORCHVISION
-                       else [ZooModel(name=m)] if isinstance(m, str) else [m])
-            for e in entries:
-                if e.name in seen:  # named on its own and inside torchvision:* - the explicit one wins
+            entries = ([ZooModel(name=n) for n in torchvision_classification_models() if n not in explicit]
+                       if m == ALL_TORCHVISION else [ZooModel(name=m)] if isinstance(m, str) else [m])
+            for e in entries:  # a model named on its own is not repeated by torchvision:* (its entry wins)
+                if e.name in seen:
                     continue
                 seen.add(e.name)
                 out.append(ModelCase(e.name, e.input_size or z.input_size, e.num_classes or z.num_classes,

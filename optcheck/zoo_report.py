@@ -28,8 +28,8 @@ def zoo_table(r: dict[str, Any]) -> dict[str, Any] | None:
             continue
         name = d.get("zoo_recipe") or name
         row = rows.setdefault(d["zoo_label"], {"model": d["zoo_model"], "label": d["zoo_label"],
-                                               "input": d.get("zoo_input"), "phases": {}, "seconds": 0.0,
-                                               "cached": False})
+                                               "input": d.get("zoo_input"), "index": d.get("zoo_index", 0),
+                                               "phases": {}, "seconds": 0.0, "cached": False})
         message = (v.get("message") or "").strip()
         row["phases"][d["zoo_phase"]] = {"outcome": v["outcome"], "seconds": d.get("seconds"),
                                          "message": message[:600]}
@@ -38,7 +38,8 @@ def zoo_table(r: dict[str, Any]) -> dict[str, Any] | None:
     if not rows:
         return None
     phases = [p for p in ALL_PHASES if any(p in row["phases"] for row in rows.values())]
-    return {"recipe": name or r.get("recipe"), "phases": phases, "models": list(rows.values())}
+    models = sorted(rows.values(), key=lambda row: row["index"])  # the recipe's order
+    return {"recipe": name or r.get("recipe"), "phases": phases, "models": models}
 
 
 def counts(zoo: dict[str, Any]) -> dict[str, int]:

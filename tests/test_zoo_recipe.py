@@ -291,3 +291,43 @@ def test_a_model_whose_training_forward_returns_a_tuple_is_refused_with_the_fix(
     assert "model.options" in str(err.value) and "aux_logits = false" in str(err.value)
     assert torch.equal(model.bn.running_mean, before) and not model.training  # probed on a copy
     check_training_forward(nn.Linear(4, 3), torch.randn(2, 4), "r.toml")  # a plain model passes
+
+
+def test_torchvision_star_stands_for_every_torchvision_classification_model(pytester):
+    import torchvision.models
+
+    zoo = ZOO.replace('models = ["zoo_models:good", "zoo_models:growing"]',
+                      'models = [{ name = "torchvision:resnet18", input_size = 64 }, "torchvision:*"]')
+    project(pytester, zoo=zoo)
+    result = run(pytester, "--co", "-q")
+    names = torchvision.models.list_models(module=torchvision.models)
+    assert len(names) > 50 and "resnet18" in names
+    result.stdout.fnmatch_lines([f"{len(names) * len(PHASES)} tests collected*"])  # resnet18 once, not twice
+    ids = [line for line in result.stdout.lines if "::model[" in line]
+    assert ids[0] == "zoo/tiny.toml::model[resnet18]::build"  # the explicit entry first, with its own size
+    assert f"zoo/tiny.toml::model[{names[-1]}]::compare" in ids
+
+
+def test_the_matrix_lists_the_models_in_the_recipes_order_with_their_phases_in_phase_order():
+    from optcheck.zoo_report import markdown_lines, terminal_lines, zoo_table
+
+    def verdict(label, index, phase, outcome, seconds=1.0, message=""):
+        return {"outcome": outcome, "message": message,
+                "details": {"zoo_model": f"torchvision:{label}", "zoo_label": label, "zoo_phase": phase,
+                            "zoo_input": 32, "zoo_index": index, "zoo_recipe": "z", "seconds": seconds}}
+
+    # verdicts arrive sorted by check name (models alphabetically, phases alphabetically)
+    r = {"path": "zoo/z.toml", "recipe": "z", "verdicts": {
+        "model[alexnet]::build": verdict("alexnet", 1, "build", "passed"),
+        "model[alexnet]::convert": verdict("alexnet", 1, "convert", "failed", 2.5, "alexnet convert failed: boom"),
+        "model[vgg]::build": verdict("vgg", 0, "build", "passed", 0.5),
+        "model[vgg]::convert": verdict("vgg", 0, "convert", "xfailed", 0.25, "known failure #3"),
+    }}
+    zoo = zoo_table(r)
+    assert [m["label"] for m in zoo["models"]] == ["vgg", "alexnet"] and zoo["phases"] == ["build", "convert"]
+    assert zoo["models"][1]["seconds"] == 3.5
+    text = "\n".join(terminal_lines(zoo, "zoo/z.toml"))
+    assert text.index("vgg ") < text.index("alexnet ") and "- alexnet convert ✗: alexnet convert failed: boom" in text
+    md = markdown_lines(zoo, "zoo/z.toml")
+    assert "| vgg | 32 | ✓ | known failure | 0.8 |" in md and "| alexnet | 32 | ✓ | ✗ | 3.5 |" in md
+    assert zoo_table({"path": "recipes/a.toml", "verdicts": {"flops_below": {"outcome": "passed"}}}) is None
