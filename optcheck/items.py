@@ -320,7 +320,7 @@ class ZooPhaseItem(_CheckItem):
         if self.known is not None and state.update != "all":
             where = f"[{self.recipe.name}.cpu.{self.case.label}] in {state.ledger.display}"
             self.add_marker(pytest.mark.xfail(
-                reason=f"known failure {self.known.reason} ({where}); if it passes, it was fixed upstream: remove "
+                reason=f"known failure {self.known.ticket}: {self.known.reason} ({where}); if it passes, it was fixed upstream: remove "
                        "that entry and close the ticket", strict=True, raises=KnownFailureHit))
 
     def runtest(self) -> None:

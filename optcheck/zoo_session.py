@@ -80,7 +80,12 @@ class ZooSession:
             import torch
 
             torch.set_num_threads(self.threads)
-        workdir = (self.basetemp(f"optcheck-zoo-{recipe.name}") if self.basetemp else Path.cwd()) / case.slug
+        if self.basetemp:  # pytest's temporary folder (the plugin always gives one)
+            workdir = self.basetemp(f"optcheck-zoo-{recipe.name}") / case.slug
+        else:
+            import tempfile
+
+            workdir = Path(tempfile.mkdtemp(prefix=f"optcheck-zoo-{case.slug}-"))
         stepper = ModelStepper(case, recipe.phases, workdir, recipe.seed, batch_size=recipe.zoo.batch_size,
                                restores=recipe.zoo.restores, log=self.log)
         stepper.cache_key = cache_key
@@ -107,7 +112,11 @@ def known_failure(ledger, recipe_name: str, label: str, phase: str):
     entry = ledger.entry(recipe_name, "cpu", label)
     if not entry or entry.get("phase") != phase or "known_failure" not in entry:
         return None
+    from .ledger import TICKET
     from .zoo import KnownFailure
 
-    return KnownFailure(label, phase, entry["known_failure"].split(":", 1)[0], entry["known_failure"],
-                        entry.get("match"))
+    text = entry["known_failure"]
+    found = TICKET.search(text)  # the ledger refuses an entry without one
+    ticket = found.group(1).rstrip(":;,.") if found else text
+    reason = text[len(ticket):].lstrip(" :") if text.startswith(ticket) else text  # "#7: why" -> "why"
+    return KnownFailure(label, phase, ticket, reason or text, entry.get("match"))
