@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from optcheck.cache import ArtifactCache
-from optcheck.pipeline import RecipeRun
-from optcheck.recipe import load_recipe
-from optcheck.training import evaluate
+from optcheck.pipeline.cache import ArtifactCache
+from optcheck.pipeline.run import RecipeRun
+from optcheck.recipes.loader import load_recipe
+from optcheck.build.training import evaluate
 
 run = RecipeRun(load_recipe("recipes/digits_resnet20_fastnas.toml"), device="cpu", threads=1,
                 cache=ArtifactCache(Path(".optcheck/cache")))

@@ -35,12 +35,12 @@ def main() -> None:
     ap.add_argument("--cache", default=str(ROOT / ".optcheck" / "cache"))
     args = ap.parse_args()
 
-    from optcheck.cache import ArtifactCache
-    from optcheck.latency import Settings, measure
-    from optcheck.onnx_parity import ExportError
-    from optcheck.pipeline import RecipeRun
-    from optcheck.quiet import library_noise
-    from optcheck.recipe import load_recipe
+    from optcheck.pipeline.cache import ArtifactCache
+    from optcheck.checks.latency import Settings, measure
+    from optcheck.checks.onnx_parity import ExportError
+    from optcheck.pipeline.run import RecipeRun
+    from optcheck.core.quiet import library_noise
+    from optcheck.recipes.loader import load_recipe
 
     print(f"| recipe | stage | runtime | batch | candidate | baseline | ratio [95% interval] | speed-up |")
     print("|---|---|---|---|---|---|---|---|")

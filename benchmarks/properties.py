@@ -37,10 +37,10 @@ def main() -> int:
 
     import torch
 
-    from optcheck.models import SmallCNN, resnet20
-    from optcheck.properties import (PropertyFailure, export_matches_converted, fastnas_search_space, flops_match,
-                                     flops_monotone, restore_exact, run_property)
-    from optcheck.quiet import library_noise
+    from optcheck.build.models import SmallCNN, resnet20
+    from optcheck.checks.properties import (PropertyFailure, export_matches_converted, flops_match, flops_monotone, restore_exact, run_property)
+    from optcheck.checks.search_space import fastnas_search_space
+    from optcheck.core.quiet import library_noise
 
     torch.set_num_threads(args.threads)
     shape = tuple(int(d) for d in args.input.split(","))

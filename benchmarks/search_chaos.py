@@ -27,10 +27,10 @@ KERNELS = {"default": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CP
 def child(recipe_path: str, state: str, score: str, threads: int) -> None:
     import torch
 
-    from optcheck.numerics import fingerprint
-    from optcheck.pipeline import RecipeRun
-    from optcheck.recipe import load_recipe
-    from optcheck.stages import Artifact
+    from optcheck.core.numerics import fingerprint
+    from optcheck.pipeline.run import RecipeRun
+    from optcheck.recipes.loader import load_recipe
+    from optcheck.build.artifacts import Artifact
     from optcheck.steps.fastnas import build as fastnas_build
 
     recipe = load_recipe(recipe_path)
@@ -56,9 +56,9 @@ def main() -> None:
         return
     import torch
 
-    from optcheck.cache import ArtifactCache
-    from optcheck.pipeline import RecipeRun
-    from optcheck.recipe import load_recipe
+    from optcheck.pipeline.cache import ArtifactCache
+    from optcheck.pipeline.run import RecipeRun
+    from optcheck.recipes.loader import load_recipe
 
     recipe = load_recipe(a.recipe)
     run = RecipeRun(recipe, device="cpu", seed=recipe.seed or 0, threads=1,

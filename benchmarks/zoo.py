@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/zoo.py [--models resnet18,googlenet] [--phases core|all|PHASE,...]
                                        [--json PATH] [--seed N]
 
-Runs the twelve torchvision models of issue 10 and densenet121 (``optcheck.zoo.TORCHVISION_ZOO``,
+Runs the models of the shipped zoo recipe (``zoo/torchvision.toml``: twelve torchvision models and densenet121,
 each at the smallest input size every phase works at: 32 px, inception_v3 75 px) through every phase
 (``build`` ... ``compare``, then ``prune`` and ``recipe_path``) on CPU, one model after the other in
 this process, each in its own temporary folder (removed after). Prints one progress line per phase
@@ -23,17 +23,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from optcheck.zoo import (  # noqa: E402
-    ALL_PHASES,
-    MODELOPT_047_KNOWN_FAILURES,
-    PHASES,
-    TORCHVISION_ZOO,
-    classify,
-    gate_failures,
-    matrix_markdown,
-    run_model,
-    versions,
-)
+from optcheck.recipes.zoo_phases import ALL_PHASES, PHASES
+from optcheck.zoo.results import classify, gate_failures, matrix_markdown, versions
+from optcheck.zoo.stepper import run_model  # noqa: E402
+
+
+def shipped_zoo():
+    """The shipped zoo recipe and the known failures its ledger records (``zoo/optcheck-ledger.toml``)."""
+    from optcheck.ledger.entries import load_ledger
+    from optcheck.plugin.settings import known_recipe_names
+    from optcheck.recipes.loader import load_any
+    from optcheck.zoo.session import known_failure
+
+    folder = ROOT / "zoo"
+    recipe = load_any(folder / "torchvision.toml")
+    ledger = load_ledger(folder / "optcheck-ledger.toml", known_recipe_names([folder], folder / "optcheck-ledger.toml"))
+    known = [k for c in recipe.cases() for phase in recipe.phases
+             if (k := known_failure(ledger, recipe.name, c.label, phase)) is not None]
+    return recipe, known
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,10 +53,11 @@ def main(argv: list[str] | None = None) -> int:
 
     phases = {"core": PHASES, "all": ALL_PHASES}.get(args.phases) or tuple(args.phases.split(","))
     wanted = [m for m in args.models.split(",") if m]
-    cases = [c for c in TORCHVISION_ZOO if not wanted or c.label in wanted]
+    recipe, known_all = shipped_zoo()
+    cases = [c for c in recipe.cases() if not wanted or c.label in wanted]
     unknown = set(wanted) - {c.label for c in cases}
     if unknown:
-        ap.error(f"unknown models {sorted(unknown)}; known: {', '.join(c.label for c in TORCHVISION_ZOO)}")
+        ap.error(f"unknown models {sorted(unknown)}; known: {', '.join(c.label for c in recipe.cases())}")
 
     import torch
 
@@ -67,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)
     wall = time.perf_counter() - start
 
-    known = MODELOPT_047_KNOWN_FAILURES
+    known = known_all
     verdicts = classify(results, known)
     bad = gate_failures(verdicts)
     print(matrix_markdown(results, known, title=f"## FastNAS model-zoo matrix, nvidia-modelopt {v['nvidia-modelopt']} "

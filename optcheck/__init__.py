@@ -11,47 +11,44 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _LAZY = {
-    "assert_flops_below": "optcheck.assertions",
-    "assert_params_below": "optcheck.assertions",
-    "assert_size_below": "optcheck.assertions",
-    "assert_sparsity_at_least": "optcheck.assertions",
-    "assert_accuracy_drop_under": "optcheck.assertions",
-    "assert_restore_roundtrip": "optcheck.assertions",
-    "assert_onnx_parity": "optcheck.assertions",
-    "assert_speedup_at_least": "optcheck.assertions",
-    "assert_latency_ratio_below": "optcheck.assertions",
-    "assert_same_model": "optcheck.assertions",
-    "assert_accuracy_at_least": "optcheck.assertions",
-    "assert_paired_drop_under": "optcheck.assertions",
-    "paired_accuracy_drop": "optcheck.assertions",
-    "count_flops": "optcheck.measure",
-    "count_params": "optcheck.measure",
-    "weight_bytes": "optcheck.measure",
-    "sparsity": "optcheck.measure",
-    "load_recipe": "optcheck.recipe",
-    "RecipeError": "optcheck.errors",
-    "DatasetMissing": "optcheck.errors",
-    "run_property": "optcheck.properties",
-    "restore_exact": "optcheck.properties",
-    "export_matches_converted": "optcheck.properties",
-    "flops_match": "optcheck.properties",
-    "flops_monotone": "optcheck.properties",
-    "fastnas_search_space": "optcheck.properties",
-    "PropertyFailure": "optcheck.properties",
+    "assert_flops_below": "optcheck.checks.assertions",
+    "assert_params_below": "optcheck.checks.assertions",
+    "assert_size_below": "optcheck.checks.assertions",
+    "assert_sparsity_at_least": "optcheck.checks.assertions",
+    "assert_accuracy_drop_under": "optcheck.checks.assertions",
+    "assert_restore_roundtrip": "optcheck.checks.restore",
+    "assert_onnx_parity": "optcheck.checks.assertions",
+    "assert_speedup_at_least": "optcheck.checks.assertions",
+    "assert_latency_ratio_below": "optcheck.checks.assertions",
+    "assert_same_model": "optcheck.checks.restore",
+    "assert_accuracy_at_least": "optcheck.checks.assertions",
+    "assert_paired_drop_under": "optcheck.checks.assertions",
+    "paired_accuracy_drop": "optcheck.checks.assertions",
+    "count_flops": "optcheck.build.measure",
+    "count_params": "optcheck.build.measure",
+    "weight_bytes": "optcheck.build.measure",
+    "sparsity": "optcheck.build.measure",
+    "load_recipe": "optcheck.recipes.loader",
+    "RecipeError": "optcheck.core.errors",
+    "DatasetMissing": "optcheck.core.errors",
+    "run_property": "optcheck.checks.properties",
+    "restore_exact": "optcheck.checks.properties",
+    "export_matches_converted": "optcheck.checks.properties",
+    "flops_match": "optcheck.checks.properties",
+    "flops_monotone": "optcheck.checks.properties",
+    "fastnas_search_space": "optcheck.checks.search_space",
+    "PropertyFailure": "optcheck.checks.properties",
 }
 __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:
-    from .assertions import (assert_accuracy_at_least, assert_accuracy_drop_under, assert_flops_below,
-                             assert_latency_ratio_below, assert_onnx_parity, assert_speedup_at_least,
-                             assert_paired_drop_under, assert_params_below, assert_restore_roundtrip,
-                             assert_same_model, assert_size_below, assert_sparsity_at_least,
-                             paired_accuracy_drop)
-    from .errors import DatasetMissing, RecipeError
-    from .measure import count_flops, count_params, sparsity, weight_bytes
-    from .properties import (PropertyFailure, export_matches_converted, fastnas_search_space, flops_match,
-                             flops_monotone, restore_exact, run_property)
-    from .recipe import load_recipe
+    from optcheck.checks.assertions import (assert_accuracy_at_least, assert_accuracy_drop_under, assert_flops_below, assert_latency_ratio_below, assert_onnx_parity, assert_speedup_at_least, assert_paired_drop_under, assert_params_below, assert_size_below, assert_sparsity_at_least, paired_accuracy_drop)
+    from optcheck.checks.restore import assert_restore_roundtrip, assert_same_model
+    from optcheck.core.errors import DatasetMissing, RecipeError
+    from optcheck.build.measure import count_flops, count_params, sparsity, weight_bytes
+    from optcheck.checks.properties import (PropertyFailure, export_matches_converted, flops_match, flops_monotone, restore_exact, run_property)
+    from optcheck.checks.search_space import fastnas_search_space
+    from optcheck.recipes.loader import load_recipe
 
 
 def __getattr__(name: str):

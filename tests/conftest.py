@@ -90,8 +90,8 @@ def tiny_recipe_text():
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A ``RecipeRun`` of the tiny recipe with every stage built once for the test session."""
-    from optcheck.pipeline import RecipeRun
-    from optcheck.recipe import load_recipe
+    from optcheck.pipeline.run import RecipeRun
+    from optcheck.recipes.loader import load_recipe
 
     path = tmp_path_factory.mktemp("tiny") / "tiny.toml"
     path.write_text(tiny_recipe())

@@ -8,10 +8,9 @@ import copy
 import pytest
 import torch
 
-from optcheck import (assert_accuracy_drop_under, assert_flops_below, assert_params_below,
-                      assert_restore_roundtrip, assert_same_model)
-from optcheck.assertions import assert_accuracy_at_least, paired_accuracy_drop
-from optcheck.models import SmallCNN
+from optcheck import (assert_accuracy_drop_under, assert_flops_below, assert_params_below, assert_restore_roundtrip, assert_same_model)
+from optcheck.checks.assertions import assert_accuracy_at_least, paired_accuracy_drop
+from optcheck.build.models import SmallCNN
 
 
 @pytest.fixture(scope="module")
@@ -339,7 +338,7 @@ def test_lenient_load_state_dict_is_caught_as_an_architecture_mismatch(tiny_run)
 
 
 def test_weights_perturbed_after_restore_fail(tiny_run):
-    from optcheck.assertions import mto_restore
+    from optcheck.checks.restore import mto_restore
 
     def perturbing(fresh, path):
         model = mto_restore(fresh, path)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from optcheck.cache import ArtifactCache, CacheLockTimeout, CacheWarning
+from optcheck.pipeline.cache import ArtifactCache, CacheLockTimeout, CacheWarning
 
 from conftest import tiny_recipe
 
@@ -83,7 +83,7 @@ def test_a_process_killed_mid_write_leaves_nothing_that_loads(tmp_path):
     proc = _python("""
         import os, signal, sys
         from pathlib import Path
-        import optcheck.cache as c
+        import optcheck.pipeline.cache as c
         cache = c.ArtifactCache(Path(sys.argv[1]))
         src = Path(sys.argv[1]).parent / "w.pth"
         src.write_bytes(b"x" * 100000)
@@ -104,7 +104,7 @@ def test_a_process_killed_mid_write_leaves_nothing_that_loads(tmp_path):
 HOLD_LOCK = """
     import sys, time
     from pathlib import Path
-    from optcheck.cache import ArtifactCache
+    from optcheck.pipeline.cache import ArtifactCache
     cache = ArtifactCache(Path(sys.argv[1]))
     with cache.lock("baseline", "k" * 64, "the baseline of tiny"):
         print("locked", flush=True)
@@ -145,9 +145,9 @@ def test_a_lock_held_too_long_fails_with_who_holds_it_and_the_fix(tmp_path):
 RACE = """
     import json, sys
     from pathlib import Path
-    from optcheck.cache import ArtifactCache
-    from optcheck.pipeline import RecipeRun
-    from optcheck.recipe import load_recipe
+    from optcheck.pipeline.cache import ArtifactCache
+    from optcheck.pipeline.run import RecipeRun
+    from optcheck.recipes.loader import load_recipe
     cache = ArtifactCache(Path(sys.argv[1]))
     run = RecipeRun(load_recipe(sys.argv[2]), device="cpu", seed=0, cache=cache, threads=1)
     Path(sys.argv[3]).touch()
@@ -201,9 +201,9 @@ def test_rebuild_ignores_entries_of_earlier_sessions_but_reuses_its_own(tmp_path
 
 @pytest.fixture(scope="module")
 def keys_of(tmp_path_factory):
-    from optcheck.data import build_data
-    from optcheck.keys import stage_keys
-    from optcheck.recipe import parse_recipe
+    from optcheck.build.data import build_data
+    from optcheck.pipeline.keys import stage_keys
+    from optcheck.recipes.loader import parse_recipe
     import tomllib
     import torch
 
@@ -258,8 +258,8 @@ def test_each_setting_left_out_of_the_key_really_builds_the_same_artifact(tmp_pa
     """The key may leave a setting out only if a cold build with it changed is bit-identical."""
     import torch
 
-    from optcheck.pipeline import RecipeRun
-    from optcheck.recipe import parse_recipe
+    from optcheck.pipeline.run import RecipeRun
+    from optcheck.recipes.loader import parse_recipe
     import tomllib
 
     def build(text: str, **data):
@@ -287,7 +287,7 @@ def test_the_cpu_numerics_path_is_part_of_the_key(tmp_path):
     import subprocess
     import sys
 
-    code = ("import torch; from optcheck.keys import environment; "
+    code = ("import torch; from optcheck.pipeline.keys import environment; "
             "e = environment(torch.device('cpu')); print(e['capability'], e['isa'], e.get('aten_cpu_capability'))")
     env = {k: v for k, v in __import__("os").environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
     default = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
@@ -311,7 +311,7 @@ def test_the_thread_count_is_part_of_the_key(keys_of):
 def test_a_model_factory_source_edit_changes_every_key(keys_of, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     module = tmp_path / "mymodels_for_keys.py"
-    module.write_text("from optcheck.models import SmallCNN\n"
+    module.write_text("from optcheck.build.models import SmallCNN\n"
                       "def net(num_classes, in_channels, **kw):\n    return SmallCNN(num_classes=num_classes, in_channels=in_channels)\n")
     text = tiny_recipe().replace('name = "small_cnn"', 'name = "mymodels_for_keys:net"')
     first = keys_of(text)

@@ -7,10 +7,9 @@ import tomllib
 
 import pytest
 
-from optcheck.calibrate import (ACC_FLOOR_IMAGES, MARGIN, REL_FLOOR, Variant, calibration_entries, derive,
-                                variants)
-from optcheck.ledger import judge, load_ledger, write_updates
-from optcheck.recipe import parse_recipe
+from optcheck.ledger.calibrate import (ACC_FLOOR_IMAGES, MARGIN, REL_FLOOR, Variant, calibration_entries, derive, variants)
+from optcheck.ledger.entries import judge, load_ledger, write_updates
+from optcheck.recipes.loader import parse_recipe
 
 from conftest import tiny_recipe
 

@@ -16,18 +16,18 @@ from importlib import metadata
 import pytest
 import torch
 
-from optcheck.compat import patch_torchprofile, torchprofile_layout
-from optcheck.measure import count_flops
-from optcheck.models import resnet20
+from optcheck.core.compat import patch_torchprofile, torchprofile_layout
+from optcheck.build.measure import count_flops
+from optcheck.build.models import resnet20
 
 PROBE = textwrap.dedent("""
     import json, torch, torchprofile
-    from optcheck.compat import import_modelopt, torchprofile_layout
+    from optcheck.core.compat import import_modelopt, torchprofile_layout
     layout_before = torchprofile_layout()
     mtn, mto, mtp = import_modelopt()
     from modelopt.torch.nas.utils import inference_flops
-    from optcheck.measure import count_flops
-    from optcheck.models import resnet20, SmallCNN
+    from optcheck.build.measure import count_flops
+    from optcheck.build.models import resnet20, SmallCNN
     x = torch.zeros(1, 3, 32, 32)
     model = resnet20()
     out = {"version": torchprofile.__version__ if hasattr(torchprofile, "__version__") else "?",
@@ -38,7 +38,7 @@ PROBE = textwrap.dedent("""
     torch.manual_seed(0)
     net = SmallCNN(num_classes=4)
     data = [(torch.randn(8, 3, 16, 16), torch.randint(0, 4, (8,))) for _ in range(4)]
-    from optcheck.recipe import FastNASStep
+    from optcheck.steps.fastnas import FastNASStep
     from optcheck.steps.fastnas import fastnas_config
     step = FastNASStep(kind="fastnas", flops="70%", channel_divisor=8, feature_divisor=8)
     sub, _ = mtp.prune(net, mode=[("fastnas", fastnas_config(step))], constraints={"flops": "70%"},

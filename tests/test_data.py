@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from optcheck.data import CIFAR10_FILES, build_data, cifar10_root, make_loader
-from optcheck.errors import DatasetMissing, RecipeError
-from optcheck.recipe import DataConfig
+from optcheck.build.on_disk import CIFAR10_FILES, cifar10_root
+from optcheck.build.data import build_data, make_loader
+from optcheck.core.errors import DatasetMissing, RecipeError
+from optcheck.recipes.schema import DataConfig
 
 
 def label_counts(dataset) -> np.ndarray:
@@ -67,7 +68,7 @@ def test_loader_order_is_seeded():
 
 def test_loader_workers_are_seeded():
     """A dataset without a batched transform goes through a DataLoader, with seeded workers."""
-    from optcheck.data import TensorImages
+    from optcheck.build.data import TensorImages
 
     data = build_data(DataConfig(dataset="synthetic", augment=["crop"]), seed=0)
     per_sample = TensorImages(data.train.images, data.train.labels, data.train.transform)
@@ -167,7 +168,7 @@ def test_user_factory_import_error_names_the_field():
 
 def test_batched_loader_equals_torchvisions_per_sample_transform_without_augmentation():
     """The reference: torchvision's Normalize on each sample, collated by a DataLoader."""
-    from optcheck.data import TensorBatches, TensorImages, _transforms
+    from optcheck.build.data import TensorBatches, TensorImages, _transforms
 
     cfg = DataConfig(dataset="digits", augment=["crop"], options={"image_size": 16})
     data = build_data(cfg, seed=0)
@@ -219,7 +220,7 @@ def test_batched_loader_reshuffles_every_epoch_and_repeats_with_its_seed():
 
 
 def test_a_subset_of_tensor_images_is_batched_too():
-    from optcheck.data import TensorBatches
+    from optcheck.build.data import TensorBatches
 
     data = build_data(DataConfig(dataset="digits", options={"image_size": 16}), seed=0)
     subset = torch.utils.data.Subset(data.val, range(50))

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -453,10 +452,10 @@ def test_a_full_disk_keeps_the_built_models_and_says_what_was_not_cached(good_pr
     # every cache write fails with ENOSPC, as on a full disk; the models were built, so they are used
     (good_project / "conftest.py").write_text(
         "import errno, os\n"
-        "import optcheck.cache\n"
+        "import optcheck.pipeline.cache\n"
         "def _full(*a, **k):\n"
         "    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
-        "optcheck.cache.ArtifactCache.store = _full\n")
+        "optcheck.pipeline.cache.ArtifactCache.store = _full\n")
     proc = run_pytest(good_project, "--optcheck", "-rA", "recipes")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
@@ -489,19 +488,22 @@ def test_a_session_leaves_no_working_folder_outside_pytests_temporary_directory(
 def test_a_fastnas_subnet_over_its_own_constraint_is_a_step_error():
     from types import SimpleNamespace
 
-    from optcheck.errors import StepError
-    from optcheck.recipe import FastNASStep
-    from optcheck.stages import Metrics
-    from optcheck.steps.fastnas import check_constraint
+    from optcheck.build.artifacts import Metrics
+    from optcheck.core.errors import StepError
+    from optcheck.steps.api import StepRun
+    from optcheck.steps.fastnas import FastNASStep, check_constraint
+    from optcheck.steps.registry import KINDS, Stage
 
     step = FastNASStep(kind="fastnas", flops="60%")
-    ctx = SimpleNamespace(recipe=SimpleNamespace(steps=[step]))
+    ctx = SimpleNamespace(recipe=SimpleNamespace(path="r.toml", steps=[step]))
+    run = StepRun(ctx, Stage("pruned", KINDS["fastnas"], 0, step, "baseline"), artifacts=lambda _s: None,
+                  root="baseline")
     full = Metrics(0.9, 100, 0.9, 50, flops=1_000_000, params=5_000, ckpt_bytes=None, seconds=0.0)
     within = Metrics(0.9, 100, 0.9, 50, flops=620_000, params=2_000, ckpt_bytes=None, seconds=0.0)
-    check_constraint(ctx, step, within, full, "r.toml")  # within Model Optimizer's counting slack (5%): kept
+    check_constraint(run, within, full)  # within Model Optimizer's counting slack (5%): kept
     over = Metrics(0.9, 100, 0.9, 50, flops=1_000_000, params=5_000, ckpt_bytes=None, seconds=0.0)
     with pytest.raises(StepError) as info:
-        check_constraint(ctx, step, over, full, "r.toml")
+        check_constraint(run, over, full)
     message = str(info.value)
     assert "r.toml: steps[0] (kind = 'fastnas') failed" in message
     assert "1M FLOPs (100.0% of the baseline), over the step's own constraint flops = '60%' = 600k FLOPs" in message
@@ -511,8 +513,8 @@ def test_evaluation_on_an_empty_split_or_foreign_labels_is_an_error():
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from optcheck.errors import EvaluationError
-    from optcheck.training import correct_mask, evaluate, mean_log_prob
+    from optcheck.core.errors import EvaluationError
+    from optcheck.build.training import correct_mask, evaluate, mean_log_prob
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     empty = DataLoader(TensorDataset(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)), batch_size=8)

@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 
 from optcheck import assert_latency_ratio_below, assert_speedup_at_least
-from optcheck.latency import Settings, batch_of, interleave, summarize
-from optcheck.stats import median_interval
+from optcheck.checks.latency import Settings, batch_of, interleave, summarize
+from optcheck.core.stats import median_interval
 from conftest import tiny_recipe
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -143,8 +143,8 @@ def test_a_fake_quantized_stage_is_slower_than_its_baseline_and_the_budget_says_
     ("[latency]\nround = 50\n", "latency.round", "did you mean 'rounds'"),
 ])
 def test_a_bad_latency_table_names_its_field(tmp_path, table, field, words):
-    from optcheck.errors import RecipeError
-    from optcheck.recipe import load_recipe
+    from optcheck.core.errors import RecipeError
+    from optcheck.recipes.loader import load_recipe
 
     path = tmp_path / "r.toml"
     path.write_text(tiny_recipe(budgets="speedup_at_least = 1.1\n") + table)
@@ -155,8 +155,8 @@ def test_a_bad_latency_table_names_its_field(tmp_path, table, field, words):
 
 @pytest.mark.parametrize("budget", ["speedup_at_least = 0", "latency_ratio_below = -1", "speedup_at_least = inf"])
 def test_a_latency_budget_that_cannot_fail_is_refused(tmp_path, budget):
-    from optcheck.errors import RecipeError
-    from optcheck.recipe import load_recipe
+    from optcheck.core.errors import RecipeError
+    from optcheck.recipes.loader import load_recipe
 
     path = tmp_path / "r.toml"
     path.write_text(tiny_recipe(budgets=budget + "\n"))
@@ -176,10 +176,7 @@ def heavy_modules_loaded_once():
     import sklearn.model_selection  # noqa: F401
     import torchvision.transforms.v2  # noqa: F401
 
-    import optcheck.cache  # noqa: F401
-    import optcheck.pipeline  # noqa: F401
-    import optcheck.stages  # noqa: F401
-    from optcheck.compat import import_modelopt
+    from optcheck.core.compat import import_modelopt
 
     import_modelopt()
 

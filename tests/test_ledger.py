@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from optcheck.ledger import LedgerError, compare, judge, load_ledger, new_entry, tolerances, write_updates
-from optcheck.recipe import parse_recipe
+from optcheck.ledger.entries import LedgerError, compare, judge, load_ledger, new_entry, tolerances, write_updates
+from optcheck.recipes.loader import parse_recipe
 
 from conftest import tiny_recipe
 

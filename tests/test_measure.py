@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from optcheck.compat import import_modelopt
-from optcheck.measure import count_flops, count_params, human
-from optcheck.models import SmallCNN, build_model, resnet20
-from optcheck.recipe import ModelConfig
+from optcheck.core.compat import import_modelopt
+from optcheck.build.measure import count_flops, count_params
+from optcheck.core.limits import human
+from optcheck.build.models import SmallCNN, build_model, resnet20
+from optcheck.recipes.schema import ModelConfig
 
 
 def modelopt_flops(model, x) -> float:

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from optcheck.data import build_data, make_loader
-from optcheck.errors import RecipeError
-from optcheck.models import build_model
-from optcheck.recipe import DataConfig, ModelConfig
-from optcheck.training import Schedule, evaluate, scaled_lr, train, warmup_cosine
+from optcheck.build.data import build_data, make_loader
+from optcheck.core.errors import RecipeError
+from optcheck.build.models import build_model
+from optcheck.recipes.schema import DataConfig, ModelConfig
+from optcheck.build.training import Schedule, evaluate, scaled_lr, train, warmup_cosine
 
 
 def test_torchvision_model_random_init_without_download(monkeypatch):

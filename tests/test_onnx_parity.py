@@ -37,7 +37,7 @@ def test_the_exported_baseline_agrees_with_pytorch(int8_run):
 def test_the_int8_stage_exports_with_qdq_nodes_and_its_budgets_pass(int8_run):
     verdicts = judge(int8_run)
     assert set(verdicts.values()) == {"passed"}, verdicts
-    from optcheck.budgets import check_budget
+    from optcheck.budgets.judges import check_budget
 
     got = check_budget("onnx_max_abs_diff", int8_run)
     assert got["qdq_nodes"] > 0  # Model Optimizer's fake quantizers became QuantizeLinear / DequantizeLinear
@@ -123,7 +123,8 @@ def test_limits_that_cannot_fail_are_refused(kwargs, error):
 def test_the_recipe_refuses_onnx_budgets_that_cannot_fail(tmp_path, line, error):
     from conftest import TINY_HEAD
 
-    from optcheck.recipe import RecipeError, load_recipe
+    from optcheck.core.errors import RecipeError
+    from optcheck.recipes.loader import load_recipe
 
     path = tmp_path / "r.toml"
     path.write_text(TINY_HEAD + QUANTIZE + "\n[budgets]\n" + line + "\n")

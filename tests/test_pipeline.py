@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from conftest import tiny_recipe
-from optcheck.errors import RecipeError, StepError
-from optcheck.pipeline import RecipeRun, StageFailed
-from optcheck.recipe import load_recipe
+from optcheck.core.errors import RecipeError, StepError
+from optcheck.pipeline.run import RecipeRun, StageFailed
+from optcheck.recipes.loader import load_recipe
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def test_a_failed_stage_is_not_retried(run, monkeypatch):
     (run._workdir()).mkdir()
     calls = []
 
-    def broken(ctx, parent, step, stages):
+    def broken(run, parent):
         calls.append(1)
         raise RuntimeError("out of memory")
 
@@ -58,8 +58,8 @@ def test_asking_for_a_stage_the_recipe_lacks(tmp_path):
 def test_a_stage_built_after_cached_ones_equals_one_built_in_sequence(tiny_run, tmp_path):
     """Stages must not depend on what ran before them in the process (RNG state, loader order):
     otherwise a cache hit upstream would change the model downstream."""
-    from optcheck.cache import ArtifactCache
-    from optcheck.pipeline import RecipeRun
+    from optcheck.pipeline.cache import ArtifactCache
+    from optcheck.pipeline.run import RecipeRun
 
     cache = ArtifactCache(tmp_path / "cache")
     first = RecipeRun(tiny_run.recipe, device="cpu", seed=0, cache=cache, workdir=lambda: tmp_path / "a")
@@ -84,8 +84,8 @@ def test_a_stage_built_after_cached_ones_equals_one_built_in_sequence(tiny_run, 
 def test_an_entry_that_verifies_but_does_not_load_is_quarantined_and_rebuilt(tiny_run, tmp_path):
     import shutil
 
-    from optcheck.cache import ArtifactCache, CacheWarning
-    from optcheck.pipeline import RecipeRun
+    from optcheck.pipeline.cache import ArtifactCache, CacheWarning
+    from optcheck.pipeline.run import RecipeRun
 
     cache = ArtifactCache(tmp_path / "cache")
     (tmp_path / "a").mkdir()

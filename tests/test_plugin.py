@@ -17,7 +17,7 @@ def heavy_modules_loaded_once():
     import sklearn.model_selection  # noqa: F401
     import torchvision.transforms.v2  # noqa: F401
 
-    from optcheck.compat import import_modelopt
+    from optcheck.core.compat import import_modelopt
 
     import_modelopt()
 

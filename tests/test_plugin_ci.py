@@ -22,10 +22,7 @@ def heavy_modules_loaded_once():
     import sklearn.model_selection  # noqa: F401
     import torchvision.transforms.v2  # noqa: F401
 
-    import optcheck.cache  # noqa: F401  (one CacheWarning class for every in-process run)
-    import optcheck.pipeline  # noqa: F401
-    import optcheck.stages  # noqa: F401
-    from optcheck.compat import import_modelopt
+    from optcheck.core.compat import import_modelopt
 
     import_modelopt()
 
@@ -71,7 +68,7 @@ def test_cache_dir_option_and_an_unwritable_one(project):
     assert (project.path / "elsewhere" / "entries" / "finetuned").is_dir()
     (project.path / "blocker").write_text("a file, not a folder")
     result = project.runpytest_inprocess("--optcheck", "--optcheck-ledger", "off", "--optcheck-cache-dir",
-                                         "blocker/cache", "-W", "always::optcheck.cache.CacheWarning")
+                                         "blocker/cache", "-W", "always::optcheck.pipeline.cache.CacheWarning")
     result.assert_outcomes(passed=4)
     out = result.stdout.str()
     assert "optcheck cache directory blocker/cache cannot be written" in out and "runs without a cache" in out
@@ -86,7 +83,7 @@ def test_a_corrupted_entry_is_rebuilt_with_a_warning_in_the_session(project):
 
     shutil.rmtree(project.path / ".optcheck" / "cache" / "entries" / "verdicts")  # else replayed: no model read
     result = project.runpytest_inprocess("--optcheck", "--optcheck-ledger", "off", "-W",
-                                         "always::optcheck.cache.CacheWarning")
+                                         "always::optcheck.pipeline.cache.CacheWarning")
     result.assert_outcomes(passed=4)
     out = result.stdout.str()
     assert "CacheWarning" in out and "is unusable" in out and "will be rebuilt" in out

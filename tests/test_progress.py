@@ -15,7 +15,7 @@ from conftest import tiny_recipe
 USER_MODEL = '''
 import warnings
 
-from optcheck.models import SmallCNN
+from optcheck.build.models import SmallCNN
 
 
 class Chatty(SmallCNN):
@@ -106,7 +106,7 @@ class _Screen(io.StringIO):
 def _writer(pytestconfig, tty: bool):
     from _pytest.terminal import TerminalReporter
 
-    from optcheck.progress import TerminalLines
+    from optcheck.plugin.terminal import TerminalLines
 
     screen = _Screen(tty)
     reporter = TerminalReporter(pytestconfig, screen)

@@ -12,11 +12,10 @@ import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from optcheck.models import SmallCNN, resnet20
-from optcheck.properties import (PropertyFailure, _modelopt, active_subnet, export_matches_converted,
-                                 fastnas_search_space, flops_match, flops_monotone, full_config, restore_exact,
-                                 run_property, search_space)
-from optcheck.strategies import CNNSpec, SpecCNN, build_cnn, cnn_specs, subnet_configs
+from optcheck.build.models import SmallCNN, resnet20
+from optcheck.checks.properties import (PropertyFailure, export_matches_converted, flops_match, flops_monotone, restore_exact, run_property)
+from optcheck.checks.search_space import _modelopt, active_subnet, fastnas_search_space, full_config, search_space
+from optcheck.checks.strategies import CNNSpec, SpecCNN, build_cnn, cnn_specs, subnet_configs
 
 X = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 PROPERTIES = ["restore_exact", "export_matches_converted", "flops_match", "flops_monotone"]
@@ -214,7 +213,7 @@ def test_export_matches_converted_finds_an_export_that_slices_other_channels(mon
 
 
 def test_flops_monotone_finds_a_count_that_grows_when_a_layer_narrows(monkeypatch):
-    import optcheck.measure as measure
+    import optcheck.build.measure as measure
 
     real = measure.count_flops
 

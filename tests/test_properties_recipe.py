@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import tiny_recipe
-from optcheck.errors import RecipeError
-from optcheck.recipe import load_recipe
+from optcheck.core.errors import RecipeError
+from optcheck.recipes.loader import load_recipe
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -37,9 +37,7 @@ def heavy_modules_loaded_once():
     import hypothesis  # noqa: F401
     import sklearn.model_selection  # noqa: F401
 
-    import optcheck.properties  # noqa: F401
-    import optcheck.strategies  # noqa: F401
-    from optcheck.compat import import_modelopt
+    from optcheck.core.compat import import_modelopt
 
     import_modelopt()
 

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from optcheck.errors import RecipeError
-from optcheck.limits import check_limit, parse_percent, resolve_limit
-from optcheck.recipe import load_recipe
+from optcheck.core.errors import RecipeError
+from optcheck.core.limits import check_limit, parse_percent, resolve_limit
+from optcheck.recipes.loader import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = """
@@ -44,10 +44,10 @@ def test_shipped_recipes_validate(path):
 
 
 def test_the_shipped_ledger_validates_and_covers_every_runnable_recipe():
-    from optcheck.ledger import load_ledger
+    from optcheck.ledger.entries import load_ledger
 
-    from optcheck.pipeline import stages_of
-    from optcheck.settings import known_recipe_names
+    from optcheck.pipeline.run import stages_of
+    from optcheck.plugin.settings import known_recipe_names
 
     ledger = load_ledger(ROOT / "recipes" / "optcheck-ledger.toml",
                          known_recipe_names([ROOT / "recipes"], ROOT / "recipes" / "optcheck-ledger.toml"))
@@ -133,7 +133,7 @@ def test_kinds_this_install_cannot_run_say_what_is_missing(tmp_path, kind, needl
 
 
 def test_steps_of_any_kind_in_any_order_with_their_own_stage_names(tmp_path):
-    from optcheck.pipeline import stages_of
+    from optcheck.pipeline.run import stages_of
 
     text = BASE.replace('[[steps]]\nkind = "finetune"\n', '[[steps]]\nkind = "finetune"\n[[steps]]\n'
                         'kind = "quantize"\n[[steps]]\nkind = "finetune"\nname = "qat"\n[[steps]]\nkind = "sparsify"\n')

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from optcheck.schedule import explicit_dist, recipe_scope, stage_threads, threads_for
+from optcheck.plugin.schedule import explicit_dist, recipe_scope, stage_threads, threads_for
 
 
 @pytest.mark.parametrize(("nodeid", "scope"), [
@@ -59,8 +59,8 @@ def test_a_stage_every_recipe_needs_gets_all_the_cores():
 def test_the_stage_lineage_follows_what_a_stage_is_built_from(tmp_path):
     from conftest import tiny_recipe
 
-    from optcheck.keys import stage_lineage
-    from optcheck.recipe import load_recipe
+    from optcheck.pipeline.keys import stage_lineage
+    from optcheck.recipes.loader import load_recipe
 
     def lineage(text, seed=0, name="r.toml"):
         (tmp_path / name).write_text(text)

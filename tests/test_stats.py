@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from optcheck.stats import (RULES, Decision, PairedDrop, SeedsDrop, decide, mcnemar_pvalue,
-                            mean_drop, paired_drop, paired_drop_from_counts, wilson_interval)
+from optcheck.core.stats import (RULES, Decision, PairedDrop, SeedsDrop, decide, mcnemar_pvalue, mean_drop, paired_drop, paired_drop_from_counts, wilson_interval)
 
 
 def from_table(a: int, b: int, c: int, d: int, confidence: float = 0.95) -> PairedDrop:

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from optcheck.budgets import check_budget
-from optcheck.cache import ArtifactCache
-from optcheck.errors import StepError
-from optcheck.pipeline import RecipeRun
-from optcheck.recipe import load_recipe
+from optcheck.budgets.judges import check_budget
+from optcheck.pipeline.cache import ArtifactCache
+from optcheck.core.errors import StepError
+from optcheck.pipeline.run import RecipeRun
+from optcheck.recipes.loader import load_recipe
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -52,7 +52,7 @@ QUANT_BUDGETS = 'accuracy_drop_under = 0.05\nsize_below = "30%"\nrestore_roundtr
 
 
 def test_the_registry_knows_every_kind_and_its_stage():
-    from optcheck.steps import KINDS, listable
+    from optcheck.steps.registry import KINDS, listable
 
     assert listable() == ["fastnas", "torch_pruning", "finetune", "quantize", "sparsify"]
     assert {k: v.stage for k, v in KINDS.items()} == {
@@ -69,7 +69,9 @@ def test_generic_modules_name_no_stage_or_kind():
              "quantize", "sparsify"}
     here = Path(__file__).resolve().parents[1] / "optcheck"
     found = []
-    for module in ("pipeline", "keys", "ledger", "report", "plot", "items", "plugin"):
+    for module in ("pipeline/run", "pipeline/keys", "pipeline/store", "pipeline/events", "pipeline/checkpoints",
+                   "ledger/entries", "report/render", "report/plot", "plugin/items", "plugin/__init__",
+                   "plugin/session", "plugin/finish"):
         tree = ast.parse((here / f"{module}.py").read_text())
         docstrings = {id(node.body[0].value) for node in ast.walk(tree)
                       if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
@@ -138,7 +140,7 @@ def test_a_quantizer_disabled_after_calibration_is_caught_by_the_size_budget(tmp
 
 
 def test_a_gpu_only_format_is_a_usage_error_on_cpu(tmp_path):
-    from optcheck.errors import RecipeError
+    from optcheck.core.errors import RecipeError
 
     run = make_run(tmp_path, QUANTIZE.replace('"int8"', '"nvfp4"'), QUANT_BUDGETS)
     with pytest.raises(RecipeError) as info:

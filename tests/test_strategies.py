@@ -10,9 +10,9 @@ import torch
 from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
 
-from optcheck.models import SmallCNN, resnet20
-from optcheck.properties import _modelopt, export_subnet, fastnas_search_space, full_config, search_space
-from optcheck.strategies import CNNSpec, SpecCNN, build_cnn, cnn_specs, input_batches, small_cnns, subnet_configs
+from optcheck.build.models import SmallCNN, resnet20
+from optcheck.checks.search_space import _modelopt, export_subnet, fastnas_search_space, full_config, search_space
+from optcheck.checks.strategies import (CNNSpec, SpecCNN, build_cnn, cnn_specs, input_batches, small_cnns, subnet_configs)
 
 NO_DB = settings(database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FIND = settings(NO_DB, derandomize=True, max_examples=500)  # find(): the same search every run

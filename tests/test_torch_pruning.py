@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from optcheck.errors import StepError
+from optcheck.core.errors import StepError
 from test_steps import build_all, judge, make_run
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -40,7 +40,7 @@ def test_torch_pruning_meets_its_flops_target_step_by_step(tp_run):
 
 
 def test_every_stage_below_the_subnet_restores_into_its_architecture(tp_run):
-    from optcheck.stages import load_model
+    from optcheck.pipeline.checkpoints import load_model
 
     for stage in ("pruned", "finetuned", "quantized"):
         art = tp_run.artifact(stage)
@@ -100,8 +100,8 @@ def test_pruning_across_a_channel_padding_shortcut_says_which_layers_to_keep(tmp
     head = TINY_HEAD.replace('name = "small_cnn"', 'name = "resnet20"').replace("epochs = 6", "epochs = 1")
     path = tmp_path / "res.toml"
     path.write_text(head + TP + '\n[budgets]\nflops_below = "50%"\n')
-    from optcheck.pipeline import RecipeRun
-    from optcheck.recipe import load_recipe
+    from optcheck.pipeline.run import RecipeRun
+    from optcheck.recipes.loader import load_recipe
 
     run = RecipeRun(load_recipe(path), device="cpu", seed=0, threads=1, workdir=lambda: tmp_path)
     with pytest.raises(StepError) as err:
@@ -127,7 +127,8 @@ def test_pruning_across_a_channel_padding_shortcut_says_which_layers_to_keep(tmp
 def test_the_step_table_is_checked(tmp_path, table, error):
     from conftest import TINY_HEAD
 
-    from optcheck.recipe import RecipeError, load_recipe
+    from optcheck.core.errors import RecipeError
+    from optcheck.recipes.loader import load_recipe
 
     path = tmp_path / "r.toml"
     path.write_text(TINY_HEAD + "[[steps]]\n" + table + '\n[budgets]\nflops_below = "50%"\n')
@@ -139,7 +140,7 @@ def test_the_step_table_is_checked(tmp_path, table, error):
 def test_a_cached_subnet_and_its_descendants_restore_in_a_new_session(tmp_path):
     """Warm: the subnet's and the fine-tuned model's cache entries load (with the architecture file
     the fine-tuned entry carries) and equal what was built."""
-    from optcheck.cache import ArtifactCache
+    from optcheck.pipeline.cache import ArtifactCache
 
     cache = ArtifactCache(tmp_path / "cache")
     cold = make_run(tmp_path, TP + FT, 'flops_below = "50%"\nrestore_roundtrip = true\n', cache=cache)

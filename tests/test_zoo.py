@@ -7,32 +7,16 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import pytest
 import torch.nn as nn
 
-from optcheck.zoo import (
-    ALL_PHASES,
-    FAILED,
-    MODELOPT_047_KNOWN_FAILURES,
-    NOT_RUN,
-    PASSED,
-    PHASES,
-    TORCHVISION_ZOO,
-    XFAILED,
-    XPASSED,
-    KnownFailure,
-    ModelCase,
-    ModelResult,
-    PhaseResult,
-    check_phases,
-    classify,
-    gate_failures,
-    matrix_markdown,
-    recipe_for,
-    run_model,
-    stale_known_failures,
-    trim_message,
-)
+from optcheck.recipes.zoo_phases import ALL_PHASES, PHASES, check_phases
+from optcheck.zoo.results import (FAILED, NOT_RUN, PASSED, XFAILED, XPASSED, KnownFailure, ModelResult, PhaseResult, classify, gate_failures, matrix_markdown, stale_known_failures, trim_message)
+from optcheck.recipes.zoo import ModelCase
+from optcheck.zoo.recipe_path import recipe_for
+from optcheck.zoo.stepper import run_model
 
 # -- planted models ----------------------------------------------------------------------------------
 
@@ -86,7 +70,7 @@ def tuple_cnn(num_classes: int = 10) -> nn.Module:
     return _TupleOut(num_classes)
 
 
-RESNET20 = ModelCase("optcheck.models:resnet20", input_size=32, channel_divisor=8, feature_divisor=8)
+RESNET20 = ModelCase("optcheck.build.models:resnet20", input_size=32, channel_divisor=8, feature_divisor=8)
 SMALL_CNN = ModelCase("small_cnn", input_size=16, num_classes=4, channel_divisor=4, feature_divisor=4)
 RESNET18 = ModelCase("torchvision:resnet18", input_size=32)
 GROWING = ModelCase(f"{__name__}:growing_cnn", input_size=16, channel_divisor=8, feature_divisor=8)
@@ -158,7 +142,7 @@ def test_a_factory_that_builds_another_model_fails_at_restore(growing_result):
 def test_a_restore_that_passes_once_and_fails_on_another_instance(tmp_path, monkeypatch):
     # Model Optimizer 0.47's restore of concatenations depends on the instance: the phase restores into
     # three fresh models and says so when only a later one fails
-    from optcheck.compat import import_modelopt
+    from optcheck.core.compat import import_modelopt
 
     _, mto, _ = import_modelopt()
     real, calls = mto.restore, {"n": 0}
@@ -358,15 +342,29 @@ def test_trim_message():
     assert len(text) <= 200
 
 
-def test_the_zoo_table_and_the_047_known_failures_agree():
-    names = {c.name for c in TORCHVISION_ZOO}
-    assert len(TORCHVISION_ZOO) == 13 and len(names) == 13
-    assert {k.model for k in MODELOPT_047_KNOWN_FAILURES} <= names
-    assert next(c for c in TORCHVISION_ZOO if c.label == "inception_v3").input_size == 75
+def test_the_shipped_zoo_recipe_and_its_known_failures_agree():
+    """The shipped zoo/torchvision.toml (13 models, inception_v3 at 75 px) and the known failures its
+    ledger records name the same models: a broken or renamed entry fails here, in .ci/run."""
+    from optcheck.ledger.entries import load_ledger
+    from optcheck.plugin.settings import known_recipe_names
+    from optcheck.recipes.loader import load_any
+    from optcheck.zoo.session import known_failure
+
+    root = Path(__file__).resolve().parents[1] / "zoo"
+    recipe = load_any(root / "torchvision.toml")
+    cases = recipe.cases()
+    labels = {c.label for c in cases}
+    assert len(cases) == 13 and len(labels) == 13
+    assert next(c for c in cases if c.label == "inception_v3").input_size == 75
+    ledger = load_ledger(root / "optcheck-ledger.toml", known_recipe_names([root], root / "optcheck-ledger.toml"))
+    known = {label: phase for label in labels for phase in recipe.phases
+             if known_failure(ledger, recipe.name, label, phase) is not None}
+    assert known == {"squeezenet1_0": "restore", "squeezenet1_1": "restore", "googlenet": "restore",
+                     "inception_v3": "restore", "densenet121": "convert"}
 
 
 def test_recipe_for_is_a_valid_recipe(tmp_path):
-    from optcheck.recipe import parse_recipe
+    from optcheck.recipes.loader import parse_recipe
 
     recipe = parse_recipe(recipe_for(RESNET18), tmp_path / "r.toml")
     assert [s.kind for s in recipe.steps] == ["fastnas", "finetune"]

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from optcheck.schedule import parse_shard, recipe_scope, shard_items
+from optcheck.plugin.schedule import parse_shard, recipe_scope, shard_items
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -61,9 +61,8 @@ PHASES = ["build", "convert", "sample", "export", "save", "restore", "compare"]
 @pytest.fixture(autouse=True, scope="module")
 def heavy_modules_loaded_once():
     """pytester's in-process runs drop modules first imported inside them (see test_plugin.py)."""
-    from optcheck.compat import import_modelopt
+    from optcheck.core.compat import import_modelopt
 
-    import optcheck.zoo  # noqa: F401
 
     import_modelopt()
 
@@ -272,8 +271,8 @@ def test_a_model_whose_training_forward_returns_a_tuple_is_refused_with_the_fix(
     import torch
     import torch.nn as nn
 
-    from optcheck.checks import check_training_forward
-    from optcheck.errors import RecipeError
+    from optcheck.pipeline.preflight import check_training_forward
+    from optcheck.core.errors import RecipeError
 
     class Aux(nn.Module):  # googlenet's shape: an aux1 head, a tuple in training mode
         def __init__(self):
@@ -309,7 +308,7 @@ def test_torchvision_star_stands_for_every_torchvision_classification_model(pyte
 
 
 def test_the_matrix_lists_the_models_in_the_recipes_order_with_their_phases_in_phase_order():
-    from optcheck.zoo_report import markdown_lines, terminal_lines, zoo_table
+    from optcheck.report.zoo_matrix import markdown_lines, terminal_lines, zoo_table
 
     def verdict(label, index, phase, outcome, seconds=1.0, message=""):
         return {"outcome": outcome, "message": message,

@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-from . import StepKind
+from optcheck.steps.base import StepKind
 
 
-def build(ctx, parent, step, stages):
-    import time
-
+def build(run, parent):
+    """Train a freshly built ``[model]`` as ``[train]`` says and save its state dict."""
     import torch
 
-    from ..stages import Artifact
-    from ..training import Schedule, scaled_lr, seed_everything, train
+    from optcheck.build.training import Schedule, scaled_lr, train
 
-    start = time.perf_counter()
-    seed_everything(ctx.seed)
+    ctx = run.ctx
+    run.seed()
     model = ctx.make_model()
     t = ctx.recipe.train
     schedule = Schedule(t.epochs, scaled_lr(t.lr, ctx.recipe.data.batch_size), t.momentum,
                         t.weight_decay, t.warmup_epochs)
     history = train(model, ctx.train_loader(), ctx.val_loader, schedule, device=ctx.device,
-                    log=ctx.log, label="baseline")
-    path = ctx.workdir / "baseline_state_dict.pth"
+                    log=ctx.log, label=run.name)
+    path = run.file("state_dict.pth")
     torch.save(model.state_dict(), path)
-    metrics = ctx.measure(model, path, time.perf_counter() - start)
-    return Artifact("baseline", model, metrics, path, {"state_dict": path}, {"history": history})
+    return run.finish(model, {"state_dict": path}, {"history": history})
 
 
 def load(ctx, files):

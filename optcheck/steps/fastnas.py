@@ -7,13 +7,15 @@ constraint is an error here) and, before anything trains, that the target is rea
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from ..limits import check_limit
-from ..schema import Limit, StepConfig
-from . import StepKind
+from optcheck.core.errors import Problem, RecipeError
+from optcheck.core.schema import Limit, limit_fields
+from optcheck.steps.base import StepConfig
+from optcheck.steps.base import StepKind
 
 
 class FastNASStep(StepConfig):
@@ -31,10 +33,7 @@ class FastNASStep(StepConfig):
         True, description="re-estimate the subnet's BatchNorm statistics on the train split after the "
         "search (mtp.prune returns them stale: 10% -> 77% test accuracy measured on digits)")
 
-    @field_validator("flops", "params", mode="before")
-    @classmethod
-    def _limit(cls, v: object) -> object:
-        return v if v is None else check_limit(v)
+    _limits = limit_fields("flops", "params")
 
     @model_validator(mode="after")
     def _one_constraint(self) -> "FastNASStep":
@@ -47,33 +46,33 @@ class FastNASStep(StepConfig):
         return ("flops", self.flops) if self.flops is not None else ("params", self.params)  # type: ignore[return-value]
 
 
-def _index(ctx, step) -> int:
-    return next(i for i, s in enumerate(ctx.recipe.steps) if s is step or s == step)
-
-
-def fastnas_config(step: FastNASStep):
-    from ..compat import import_modelopt
+def search_space_config(channel_divisor: int, feature_divisor: int):
+    """Model Optimizer's ``FastNASConfig`` with these divisors for every conv, BatchNorm and Linear
+    rule: the search space a FastNAS step, the zoo and the property checks convert a model to."""
+    from optcheck.core.compat import import_modelopt
 
     _, _, mtp = import_modelopt()
     config = mtp.fastnas.FastNASConfig()
     for rule in ("nn.Conv1d", "nn.Conv2d", "nn.Conv3d"):
-        config[rule]["*"]["channel_divisor"] = step.channel_divisor
+        config[rule]["*"]["channel_divisor"] = channel_divisor
     for rule in ("nn.BatchNorm1d", "nn.BatchNorm2d", "nn.BatchNorm3d", "nn.Linear"):
-        config[rule]["*"]["feature_divisor"] = step.feature_divisor
+        config[rule]["*"]["feature_divisor"] = feature_divisor
     return config
 
 
-def build(ctx, parent, step: FastNASStep, stages):
+def fastnas_config(step: FastNASStep):
+    """The search space of ``step`` (its divisors)."""
+    return search_space_config(step.channel_divisor, step.feature_divisor)
+
+
+def build(run, parent):
     """Search the best subnet under the step's constraint with ``mtp.prune`` and ``mto.save`` it."""
-    import time
+    from optcheck.build.training import evaluate, mean_log_prob, recalibrate_batchnorm
+    from optcheck.core.compat import import_modelopt
 
-    from ..compat import import_modelopt
-    from ..stages import Artifact
-    from ..training import evaluate, mean_log_prob, recalibrate_batchnorm, seed_everything
-
-    _, mto, mtp = import_modelopt()
-    start = time.perf_counter()
-    seed_everything(ctx.seed)
+    _, _, mtp = import_modelopt()
+    ctx, step = run.ctx, run.step
+    run.seed()
     model = parent.model
     score_loader = ctx.eval_loader("val", step.score_samples)
     measure_score = mean_log_prob if step.score == "log_prob" else (
@@ -90,8 +89,7 @@ def build(ctx, parent, step: FastNASStep, stages):
         return score
 
     name, value = step.constraint
-    stage = step.name or KIND.stage
-    search_ckpt = ctx.workdir / f"{stage}_search_checkpoint.pth"
+    search_ckpt = run.file("search_checkpoint.pth")
     ctx.log(f"fastnas: searching under {name} <= {value} "
             f"(channel_divisor={step.channel_divisor}, feature_divisor={step.feature_divisor})")
     model, _state = mtp.prune(
@@ -104,28 +102,25 @@ def build(ctx, parent, step: FastNASStep, stages):
                 "verbose": False},
     )
     if step.recalibrate_bn:  # the subnet's BatchNorm statistics are those of the full model
-        seed_everything(ctx.seed)
+        run.seed()
         recalibrate_batchnorm(model, ctx.train_loader(), ctx.device)
-    path = ctx.workdir / f"{stage}_modelopt.pth"
-    mto.save(model, path)
-    metrics = ctx.measure(model, path, time.perf_counter() - start)
-    from . import ROOT
-
-    check_constraint(ctx, step, metrics, stages(ROOT.stage).metrics, str(ctx.recipe.path))
-    ctx.log(f"fastnas: {scored['n']} subnets scored; subnet has {metrics.flops:,} FLOPs")
-    return Artifact(stage, model, metrics, path, {"modelopt": path, "search_checkpoint": search_ckpt},
-                    {"subnets_scored": scored["n"], "scores": scored["all"]})
+    path = run.save_modelopt(model)
+    artifact = run.finish(model, {"modelopt": path, "search_checkpoint": search_ckpt},
+                          {"subnets_scored": scored["n"], "scores": scored["all"]}, checkpoint=path)
+    check_constraint(run, artifact.metrics, run.baseline().metrics)
+    ctx.log(f"fastnas: {scored['n']} subnets scored; subnet has {artifact.metrics.flops:,} FLOPs")
+    return artifact
 
 
 CONSTRAINT_SLACK = 1.05
 
 
-def check_constraint(ctx, step: FastNASStep, metrics, full, path: str) -> None:
-    """Raise ``StepError`` when the searched subnet misses the step's own FLOPs / params constraint."""
-    from ..errors import StepError
-    from ..limits import human, resolve_limit
+def check_constraint(run, metrics, full) -> None:
+    """The step checks its own promise: ``run.fail`` when the searched subnet misses the step's FLOPs /
+    params constraint (``full``: the baseline's metrics, what a percentage is of)."""
+    from optcheck.core.limits import human, resolve_limit
 
-    name, limit = step.constraint
+    name, limit = run.step.constraint
     reference = full.flops if name == "flops" else full.params
     target = resolve_limit(limit, reference, name)
     got = metrics.flops if name == "flops" else metrics.params
@@ -135,27 +130,52 @@ def check_constraint(ctx, step: FastNASStep, metrics, full, path: str) -> None:
     # returned the full model), so it allows 5%.
     if got <= target * CONSTRAINT_SLACK:
         return
-    index = _index(ctx, step)
     unit = " FLOPs" if name == "flops" else " params"
-    raise StepError(
-        path, f"steps[{index}] (kind = 'fastnas')",
-        f"the searched subnet has {human(got, unit)} ({got / reference:.1%} of the baseline), over the step's "
-        f"own constraint {name} = {limit!r} = {human(target, unit)}: Model Optimizer returned a subnet that "
-        "misses its target",
-        f"check steps[{index}] (a larger calib_batches, a data.batch_size of 8 or more for the BatchNorm "
-        "calibration); the constraint is checked in Model Optimizer's convention (2 x MACs, BatchNorm excluded)")
+    run.fail(f"the searched subnet has {human(got, unit)} ({got / reference:.1%} of the baseline), over the step's "
+             f"own constraint {name} = {limit!r} = {human(target, unit)}: Model Optimizer returned a subnet that "
+             "misses its target",
+             f"check steps[{run.stage.index}] (a larger calib_batches, a data.batch_size of 8 or more for the "
+             "BatchNorm calibration); the constraint is checked in Model Optimizer's convention (2 x MACs, "
+             "BatchNorm excluded)")
 
 
 # -- before anything trains ------------------------------------------------------------------------
 
-def key(recipe, step: FastNASStep, keys) -> dict:
+def layer_widths(model) -> list[int]:
+    import torch.nn as nn
+
+    return sorted({m.out_channels for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)})
+
+
+@contextlib.contextmanager
+def search_space_errors(ctx, step, index: int, path: str):
+    """Around the FastNAS conversion: a divisor larger than every layer leaves Model Optimizer with
+    "no configurable hyperparameters"; say which field and which widths instead."""
+    try:
+        yield
+    except Exception as exc:
+        if "configurable hyperparameters" not in str(exc):
+            raise
+        widths = layer_widths(ctx.make_model())
+        usable = [d for d in (2, 4, 8, 16, 32, 64) if widths and d < max(widths)]
+        raise RecipeError(path, [Problem(
+            f"steps[{index}].channel_divisor",
+            f"no layer of the model can shrink with channel_divisor = {step.channel_divisor} and feature_divisor "
+            f"= {step.feature_divisor}: its conv layers have {', '.join(map(str, widths)) or 'no'} output "
+            f"channels, and a layer only gets choices below its width in steps of the divisor",
+            f"a divisor below the widest layer ({max(widths) if widths else '-'})",
+            f"lower steps[{index}].channel_divisor and feature_divisor"
+            + (f", e.g. to {usable[len(usable) // 2]}" if usable else ""))]) from None
+
+
+def key(recipe, step: FastNASStep, keys, root: str) -> dict:
     return {}
 
 
 def search_space_bounds(ctx, step: FastNASStep, divisor: int | None = None) -> dict[str, float]:
     """FLOPs and params of the smallest and the full subnet of the FastNAS search space."""
-    from ..compat import import_modelopt
-    from ..measure import count_flops, count_params
+    from optcheck.core.compat import import_modelopt
+    from optcheck.build.measure import count_flops, count_params
 
     mtn, _, _ = import_modelopt()
     if divisor is not None:
@@ -170,19 +190,18 @@ def search_space_bounds(ctx, step: FastNASStep, divisor: int | None = None) -> d
     return out
 
 
-def check_target(ctx, step: FastNASStep, path: str, bounds: dict[str, float] | None = None) -> dict[str, float]:
-    """Raise ``RecipeError`` if no subnet of the search space meets the step's constraint."""
-    from ..errors import Problem, RecipeError
-    from ..limits import human, parse_percent
+def check_target(ctx, step: FastNASStep, index: int, path: str, bounds: dict[str, float]) -> dict[str, float]:
+    """Raise ``RecipeError`` if no subnet of the search space (``bounds``: its smallest and full
+    model) meets the step's constraint; return the bounds."""
+    from optcheck.core.errors import Problem, RecipeError
+    from optcheck.core.limits import human, parse_percent
 
-    bounds = bounds if bounds is not None else search_space_bounds(ctx, step)
     name, limit = step.constraint
     lo, hi = bounds[f"min_{name}"], bounds[f"max_{name}"]
     frac = parse_percent(limit)
     target = frac * hi if frac is not None else float(limit)
     if target >= lo:
         return bounds
-    index = _index(ctx, step)
     unit = " FLOPs" if name == "flops" else " params"
     smaller = step.channel_divisor // 2
     hint = ""
@@ -200,21 +219,20 @@ def check_target(ctx, step: FastNASStep, path: str, bounds: dict[str, float] | N
     )])
 
 
-def preflight(run, stage) -> None:
+def preflight(check) -> None:
     """The search space exists (divisors vs layer widths) and holds a subnet under the target; the
     bounds (cached) also let the budgets check that an absolute limit can fail."""
-    from ..checks import search_space_errors
-    from ..quiet import library_noise
+    from optcheck.core.quiet import library_noise
 
-    ctx, step = run.ctx, stage.step
-    with run._boundary(f"converting the model to the FastNAS search space ({stage.label})",
-                       fix=f"check steps[{stage.index}]'s divisors and that the model is a plain CNN "
-                           "that Model Optimizer can trace"):
-        with search_space_errors(ctx, step, stage.index, run.path), library_noise():
-            material = {"model": run.recipe.model.model_dump(), "input": list(ctx.data.input_shape),
+    ctx, step, index = check.ctx, check.step, check.stage.index
+    with check.boundary(f"converting the model to the FastNAS search space ({check.stage.label})",
+                        f"check steps[{index}]'s divisors and that the model is a plain CNN that Model "
+                        "Optimizer can trace"):
+        with search_space_errors(ctx, step, index, check.path), library_noise():
+            material = {"model": ctx.recipe.model.model_dump(), "input": list(ctx.data.input_shape),
                         "classes": ctx.data.num_classes, "divisors": [step.channel_divisor, step.feature_divisor]}
-            bounds = run.cached_value("bounds", material, lambda: search_space_bounds(ctx, step))
-            run.bounds = check_target(ctx, step, run.path, bounds)
+            bounds = check.cached("bounds", material, lambda: search_space_bounds(ctx, step))
+            check.report_bounds(check_target(ctx, step, index, check.path, bounds))
 
 
 KIND = StepKind(kind="fastnas", stage="pruned", build=build, schema=FastNASStep, searched=True,

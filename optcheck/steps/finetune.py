@@ -12,8 +12,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..schema import StepConfig, Strict
-from . import StepKind
+from optcheck.steps.base import StepConfig
+from optcheck.core.schema import Strict
+from optcheck.steps.base import StepKind
 
 
 class Distill(Strict):
@@ -32,37 +33,29 @@ class FinetuneStep(StepConfig):
     distill: Distill | None = None
 
 
-def build(ctx, parent, step: FinetuneStep, stages):
-    import time
+def build(run, parent):
+    """Train the previous stage's model further (distilling from the baseline when ``distill`` is set)."""
+    from optcheck.build.training import Schedule, scaled_lr, train
 
-    from ..compat import import_modelopt
-    from ..stages import Artifact
-    from ..training import Schedule, scaled_lr, seed_everything, train
-    from . import ROOT
-
-    _, mto, _ = import_modelopt()
-    start = time.perf_counter()
-    seed_everything(ctx.seed + 1)
+    ctx, step = run.ctx, run.step
+    run.seed(1)
     model = parent.model
     t = ctx.recipe.train
     lr = step.lr_scale * scaled_lr(t.lr, ctx.recipe.data.batch_size)
     schedule = Schedule(step.epochs, lr, t.momentum, t.weight_decay, step.warmup_epochs)
-    stage = step.name or KIND.stage
     criterion = None
     if step.distill is not None:
-        teacher = stages(ROOT.stage).model
+        teacher = run.baseline().model
         model, criterion = distillation(model, teacher, step.distill)
     history = train(model, ctx.train_loader(), ctx.val_loader, schedule, device=ctx.device,
-                    log=ctx.log, label=stage, criterion=criterion)
+                    log=ctx.log, label=run.name, criterion=criterion)
     if step.distill is not None:
         import modelopt.torch.distill as mtd
 
-        check_teacher_unchanged(ctx, step, teacher, model)
+        check_teacher_unchanged(run, teacher, model)
         model = mtd.export(model)  # the student alone, as a deployment ships it
-    path = ctx.workdir / f"{stage}_modelopt.pth"
-    mto.save(model, path)
-    metrics = ctx.measure(model, path, time.perf_counter() - start)
-    return Artifact(stage, model, metrics, path, {"modelopt": path}, {"history": history})
+    path = run.save_modelopt(model)
+    return run.finish(model, {"modelopt": path}, {"history": history})
 
 
 def distillation(student, teacher, cfg: Distill):
@@ -88,14 +81,12 @@ def distillation(student, teacher, cfg: Distill):
     return model, criterion
 
 
-def check_teacher_unchanged(ctx, step: FinetuneStep, teacher, distilled) -> None:
+def check_teacher_unchanged(run, teacher, distilled) -> None:
     """The step checks its own promise: distillation reads the teacher and never changes it. A teacher
     run in train mode updates its BatchNorm statistics on every student batch (and answers with batch
     statistics): its logits are then not the baseline's. (``mtd`` puts the teacher in eval mode before
     each of its forward passes, although ``.train()`` on the distillation model reaches it too.)"""
     import torch
-
-    from ..errors import StepError
 
     used = distilled._teacher_model if hasattr(distilled, "_teacher_model") else None
     if used is None:
@@ -107,21 +98,17 @@ def check_teacher_unchanged(ctx, step: FinetuneStep, teacher, distilled) -> None
         if now is not None and ref.is_floating_point() and not torch.equal(ref.to(now.device), now):
             changed.append((name, float((now - ref.to(now.device)).abs().max())))
     if changed:
-        index = next(i for i, s in enumerate(ctx.recipe.steps) if s is step or s == step)
         worst = max(changed, key=lambda c: c[1])
-        raise StepError(str(ctx.recipe.path), f"steps[{index}] (kind = 'finetune', distill)",
-                        f"the teacher changed during distillation: {len(changed)} tensors differ from the baseline's"
-                        + (f" (largest: {worst[0]} by {worst[1]:.3g})" if worst else ""),
-                        "the teacher must be frozen in eval mode (teacher.eval(), requires_grad False); "
-                        "check code that calls .train() on the distillation model")
+        run.fail(f"the teacher changed during distillation: {len(changed)} tensors differ from the baseline's"
+                 + (f" (largest: {worst[0]} by {worst[1]:.3g})" if worst else ""),
+                 "the teacher must be frozen in eval mode (teacher.eval(), requires_grad False); "
+                 "check code that calls .train() on the distillation model", where="distill")
 
 
-def key(recipe, step: FinetuneStep, keys) -> dict:
-    from . import ROOT
-
+def key(recipe, step: FinetuneStep, keys, root: str) -> dict:
     extra = {"train": recipe.train.model_dump(), "batch_size": recipe.data.batch_size}
     if step.distill is not None:
-        extra["teacher"] = keys[ROOT.stage]["key"]
+        extra["teacher"] = keys[root]["key"]
     return extra
 
 

@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..schema import StepConfig
-from . import StepKind
+from optcheck.steps.base import StepConfig
+from optcheck.steps.base import StepKind
 
 # recipe name -> Model Optimizer config; all of these run on CPU (measured: digits accuracy kept, exact
 # mto.save / mto.restore round trip; ../shared/COMPRESSION-ON-CPU.md)
@@ -45,7 +45,7 @@ class QuantizeStep(StepConfig):
 
 def config_of(step: QuantizeStep):
     """The ``mtq`` config of the step's format (a ``RecipeError`` if this Model Optimizer lacks it)."""
-    from ..compat import import_modelopt
+    from optcheck.core.compat import import_modelopt
 
     import_modelopt()
     import modelopt.torch.quantization as mtq
@@ -54,7 +54,7 @@ def config_of(step: QuantizeStep):
     if not hasattr(mtq, name):
         from importlib.metadata import version
 
-        from ..errors import Problem, RecipeError
+        from optcheck.core.errors import Problem, RecipeError
 
         raise RecipeError("<recipe>", [Problem(
             "steps[].format", f"this Model Optimizer ({version('nvidia-modelopt')}) has no mtq.{name}",
@@ -70,20 +70,17 @@ def calibration_batches(ctx, step: QuantizeStep):
         yield x
 
 
-def build(ctx, parent, step: QuantizeStep, stages):
-    import time
-
+def build(run, parent):
+    """``mtq.quantize`` the previous stage's model in eval mode, calibrated on train batches."""
     import torch
 
-    from ..compat import import_modelopt
-    from ..stages import Artifact
-    from ..training import seed_everything
+    from optcheck.core.compat import import_modelopt
 
-    _, mto, _ = import_modelopt()
+    import_modelopt()
     import modelopt.torch.quantization as mtq
 
-    start = time.perf_counter()
-    seed_everything(ctx.seed)
+    ctx, step = run.ctx, run.step
+    run.seed()
     model = parent.model.eval()  # calibration with BatchNorm's running statistics, as at inference
     seen = {"batches": 0}
 
@@ -94,26 +91,24 @@ def build(ctx, parent, step: QuantizeStep, stages):
                 seen["batches"] += 1
 
     model = mtq.quantize(model, config_of(step), forward_loop)
-    stage = step.name or KIND.stage
-    path = ctx.workdir / f"{stage}_modelopt.pth"
-    mto.save(model, path)
-    metrics = ctx.measure(model, path, time.perf_counter() - start)
-    ctx.log(f"quantize: {step.format} calibrated on {seen['batches']} batches; weights {metrics.size_bytes:,} bytes")
-    return Artifact(stage, model, metrics, path, {"modelopt": path},
-                    {"format": step.format, "calibration_batches": seen["batches"]})
+    path = run.save_modelopt(model)
+    artifact = run.finish(model, {"modelopt": path}, {"format": step.format, "calibration_batches": seen["batches"]})
+    ctx.log(f"quantize: {step.format} calibrated on {seen['batches']} batches; weights "
+            f"{artifact.metrics.size_bytes:,} bytes")
+    return artifact
 
 
-def preflight(run, stage) -> None:
+def preflight(check) -> None:
     """A format this device cannot run is a usage error before anything trains, never a crash after."""
-    from ..errors import Problem, RecipeError
+    from optcheck.core.errors import Problem, RecipeError
 
-    step = stage.step
-    if step.format in GPU_FORMATS and run.ctx.device.type != "cuda":
+    step = check.step
+    if step.format in GPU_FORMATS and check.ctx.device.type != "cuda":
         cpu = ", ".join(FORMATS)
-        raise RecipeError(run.path, [Problem(
-            f"steps[{stage.index}].format",
+        raise RecipeError(check.path, [Problem(
+            check.field("format"),
             f"format {step.format!r} ({GPU_FORMATS[step.format]}) needs a CUDA GPU: Model Optimizer runs its "
-            f"quantizers with CUDA kernels; this run's device is {run.ctx.device.type}",
+            f"quantizers with CUDA kernels; this run's device is {check.ctx.device.type}",
             cpu, f"use a CPU format ({cpu}), or run on a GPU machine (--optcheck-device=cuda)")])
 
 

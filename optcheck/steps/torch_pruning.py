@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from ..limits import check_limit
-from ..schema import Limit, StepConfig
-from . import StepKind
+from optcheck.core.schema import Limit, limit_fields
+from optcheck.steps.base import StepConfig
+from optcheck.steps.base import StepKind
 
 FILE = "torch_pruning"  # the Artifact.files entry: tp.state_dict of the pruned model
 MAX_RATIO = 0.9  # a flops / params target prunes along tp's schedule toward this channel ratio
@@ -47,10 +47,7 @@ class TorchPruningStep(StepConfig):
     finetune_epochs: int = Field(0, ge=0, description="epochs of training after each step but the last")
     lr_scale: float = Field(0.1, gt=0, description="times the baseline's learning rate, for finetune_epochs")
 
-    @field_validator("flops", "params", mode="before")
-    @classmethod
-    def _limit(cls, v: object) -> object:
-        return v if v is None else check_limit(v)
+    _limits = limit_fields("flops", "params")
 
     @model_validator(mode="after")
     def _one_target(self) -> "TorchPruningStep":
@@ -69,15 +66,7 @@ class TorchPruningStep(StepConfig):
         return None
 
 
-def _index(ctx, step) -> int:
-    return next(i for i, s in enumerate(ctx.recipe.steps) if s is step or s == step)
-
-
-def _where(ctx, step) -> str:
-    return f"steps[{_index(ctx, step)}] (kind = 'torch_pruning')"
-
-
-def ignored_modules(ctx, model, step: TorchPruningStep) -> list:
+def ignored_modules(model, step: TorchPruningStep, where: str, path: str) -> list:
     """The modules Torch-Pruning must leave alone: the model's last Linear layer (the classifier head:
     its outputs are the classes) and every module whose name matches an ``ignored_layers`` pattern
     (``fnmatch``: ``"layer*.*.conv2"``). A pattern that matches nothing is an error."""
@@ -85,7 +74,7 @@ def ignored_modules(ctx, model, step: TorchPruningStep) -> list:
 
     import torch.nn as nn
 
-    from ..errors import StepError
+    from optcheck.core.errors import StepError
 
     modules = dict(model.named_modules())
     heads = [m for m in modules.values() if isinstance(m, nn.Linear)][-1:]
@@ -93,32 +82,29 @@ def ignored_modules(ctx, model, step: TorchPruningStep) -> list:
     missing = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in modules if n)]
     if missing:
         names = ", ".join(n for n, m in modules.items() if n and not list(m.children()))
-        raise StepError(str(ctx.recipe.path), _where(ctx, step),
+        raise StepError(path, where,
                         f"ignored_layers pattern(s) match no module of the model: {', '.join(missing)}",
                         f"use names (or fnmatch patterns) from model.named_modules(): {names[:300]}")
     chosen = [m for n, m in modules.items() if n and any(fnmatch.fnmatchcase(n, p) for p in patterns)]
     return heads + [m for m in chosen if all(m is not h for h in heads)]
 
 
-def _check_runs(ctx, step, model, example, i: int) -> None:
+def _check_runs(run, model, example, i: int) -> None:
     """The pruned model still runs. Torch-Pruning follows channels through the ops it knows; an op that
     changes the channel count by itself (the zero-padding shortcut of the CIFAR ResNets:
     ``F.pad`` over channels) is not one of them, and pruning across it leaves layers that no longer fit."""
     import torch
 
-    from ..errors import StepError
-
     try:
         with torch.no_grad():
             model(example)
     except RuntimeError as exc:
-        raise StepError(str(ctx.recipe.path), _where(ctx, step),
-                        f"after pruning step {i} the model no longer runs ({' '.join(str(exc).split())[:200]}): "
-                        "Torch-Pruning's dependency graph did not follow an op that changes the channel count "
-                        "(such as a shortcut that zero-pads channels with F.pad)",
-                        "keep the channels that op touches: list the layers that feed it in ignored_layers (for "
-                        "the built-in resnet20: ignored_layers = [\"conv1\", \"layer*.*.conv2\"], which prunes "
-                        "each block's inner channels), or use a model whose shortcuts are 1x1 convolutions") from exc
+        run.fail(f"after pruning step {i} the model no longer runs ({' '.join(str(exc).split())[:200]}): "
+                 "Torch-Pruning's dependency graph did not follow an op that changes the channel count "
+                 "(such as a shortcut that zero-pads channels with F.pad)",
+                 "keep the channels that op touches: list the layers that feed it in ignored_layers (for "
+                 "the built-in resnet20: ignored_layers = [\"conv1\", \"layer*.*.conv2\"], which prunes "
+                 "each block's inner channels), or use a model whose shortcuts are 1x1 convolutions")
 
 
 def _importance(name: str):
@@ -140,20 +126,17 @@ def _taylor_gradients(model, ctx) -> None:
     F.cross_entropy(model(x.to(ctx.device)), y.to(ctx.device)).backward()
 
 
-def build(ctx, parent, step: TorchPruningStep, stages):
-    import time
-
+def build(run, parent):
+    """Prune the previous stage's model with Torch-Pruning, step by step, and ``tp.state_dict`` it."""
     import torch
     import torch_pruning as tp
 
-    from ..errors import StepError
-    from ..limits import parse_percent
-    from ..measure import count_flops, count_params
-    from ..stages import Artifact
-    from ..training import Schedule, evaluate, scaled_lr, seed_everything, train
+    from optcheck.build.measure import count_flops, count_params
+    from optcheck.build.training import Schedule, evaluate, scaled_lr, train
+    from optcheck.core.limits import parse_percent
 
-    start = time.perf_counter()
-    seed_everything(ctx.seed + 1)
+    ctx, step = run.ctx, run.step
+    run.seed(1)
     model = parent.model
     example = ctx.dummy_input()
     full = {"flops": count_flops(model, example), "params": count_params(model)}
@@ -166,7 +149,7 @@ def build(ctx, parent, step: TorchPruningStep, stages):
     model.eval()  # tracing the dependency graph runs a forward pass: keep BatchNorm statistics
     pruner = tp.pruner.MagnitudePruner(
         model, example, importance=_importance(step.importance), pruning_ratio=ratio,
-        iterative_steps=step.iterative_steps, ignored_layers=ignored_modules(ctx, model, step),
+        iterative_steps=step.iterative_steps, ignored_layers=ignored_modules(model, step, run.stage.label, run.path),
         round_to=step.round_to, global_pruning=step.global_pruning)
     t = ctx.recipe.train
     lr = step.lr_scale * scaled_lr(t.lr, ctx.recipe.data.batch_size)
@@ -178,7 +161,7 @@ def build(ctx, parent, step: TorchPruningStep, stages):
         pruner.step()
         model.zero_grad(set_to_none=True)
         model.eval()
-        _check_runs(ctx, step, model, example, i)
+        _check_runs(run, model, example, i)
         row = {"step": i, "flops": count_flops(model, example), "params": count_params(model)}
         row["val_acc"] = evaluate(model, ctx.val_loader, ctx.device)[0]
         met = goal is not None and row[target[0]] <= goal  # type: ignore[index]
@@ -186,7 +169,7 @@ def build(ctx, parent, step: TorchPruningStep, stages):
         if step.finetune_epochs and not last:
             train(model, ctx.train_loader(), ctx.val_loader,
                   Schedule(step.finetune_epochs, lr, t.momentum, t.weight_decay, 0.0),
-                  device=ctx.device, log=ctx.log, label=f"{step.name or KIND.stage} step {i}")
+                  device=ctx.device, log=ctx.log, label=f"{run.name} step {i}")
             model.eval()
             row["val_acc_finetuned"] = evaluate(model, ctx.val_loader, ctx.device)[0]
         iterations.append(row)
@@ -197,18 +180,14 @@ def build(ctx, parent, step: TorchPruningStep, stages):
     if goal is not None and iterations[-1][target[0]] > goal:  # type: ignore[index]
         name = target[0]  # type: ignore[index]
         reached = iterations[-1][name] / full[name]
-        raise StepError(str(ctx.recipe.path), _where(ctx, step),
-                        f"the {name} target {target[1]!r} ({goal:,.0f}) was not reached: after "  # type: ignore[index]
-                        f"{step.iterative_steps} steps toward a channel ratio of {MAX_RATIO} the model has "
-                        f"{iterations[-1][name]:,} {name} ({reached:.0%} of its parent's)",
-                        f"raise iterative_steps, lower ignored_layers, or set steps[{_index(ctx, step)}].{name} to "
-                        f"at least {reached:.0%}")
-    stage = step.name or KIND.stage
-    path = ctx.workdir / f"{stage}_torch_pruning.pth"
+        run.fail(f"the {name} target {target[1]!r} ({goal:,.0f}) was not reached: after "  # type: ignore[index]
+                 f"{step.iterative_steps} steps toward a channel ratio of {MAX_RATIO} the model has "
+                 f"{iterations[-1][name]:,} {name} ({reached:.0%} of its parent's)",
+                 f"raise iterative_steps, lower ignored_layers, or set steps[{run.stage.index}].{name} to "
+                 f"at least {reached:.0%}")
+    path = run.file("torch_pruning.pth")
     torch.save(tp.state_dict(model), path)
-    metrics = ctx.measure(model, path, time.perf_counter() - start)
-    return Artifact(stage, model, metrics, path, {FILE: path},
-                    {"iterations": iterations, "full": full})
+    return run.finish(model, {FILE: path}, {"iterations": iterations, "full": full})
 
 
 def load(ctx, files):
@@ -222,18 +201,18 @@ def load(ctx, files):
     return model.to(ctx.device)
 
 
-def preflight(run, stage) -> None:
+def preflight(check) -> None:
     """Torch-Pruning is installed, and the named ignored layers exist."""
-    from ..errors import Problem, RecipeError
+    from optcheck.core.errors import Problem, RecipeError
 
     try:
         import torch_pruning  # noqa: F401
     except ImportError as exc:
-        raise RecipeError(run.path, [Problem(f"steps[{stage.index}].kind", f"torch-pruning is not installed ({exc})",
-                                             fix="pip install 'torch-pruning>=1.6' (optcheck depends on it; "
-                                                 "reinstall optcheck)")]) from exc
-    if stage.step.ignored_layers is not None:
-        ignored_modules(run.ctx, run.ctx.make_model(), stage.step)
+        raise RecipeError(check.path, [Problem(check.field("kind"), f"torch-pruning is not installed ({exc})",
+                                               fix="pip install 'torch-pruning>=1.6' (optcheck depends on it; "
+                                                   "reinstall optcheck)")]) from exc
+    if check.step.ignored_layers is not None:
+        ignored_modules(check.ctx.make_model(), check.step, check.stage.label, check.path)
 
 
 KIND = StepKind(kind="torch_pruning", stage="pruned", build=build, schema=TorchPruningStep, load=load,

@@ -1,0 +1,355 @@
+"""Recipe schema and loader. A recipe is a TOML file; this module never imports torch."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, field_validator, model_validator
+
+from optcheck.steps import registry as step_registry
+from optcheck.core.limits import parse_percent
+from optcheck.recipes.fields import SEED_MAX, check_recipe_name, file_safe
+from optcheck.core.schema import Limit, limit_fields, Strict as _Strict
+
+DATASETS = ("digits", "cifar10", "synthetic")
+DATASET_OPTIONS = {"digits": ("image_size", "channels"), "cifar10": (), "synthetic": ("samples", "classes", "image_size", "noise")}
+MODELS = ("resnet20", "small_cnn")
+FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+TORCHVISION = re.compile(r"^torchvision:[A-Za-z_]\w*$")
+# the budgets a stage's table takes ([budgets] for the final stage, [budgets.<stage>] for another),
+# in the order their items are collected
+STAGE_BUDGETS = (
+    "flops_below",
+    "params_below",
+    "size_below",
+    "sparsity_at_least",
+    "accuracy_drop_under",
+    "restore_roundtrip",
+    "onnx_max_abs_diff",
+    "onnx_top1_agreement",
+    "speedup_at_least",
+    "latency_ratio_below",
+)
+LATENCY_BUDGETS = ("speedup_at_least", "latency_ratio_below")
+BUDGETS = ("baseline_accuracy_at_least",) + STAGE_BUDGETS
+JUDGED_ONLY = ("flops_below", "params_below", "size_below", "sparsity_at_least", "accuracy_drop_under",
+               "onnx_max_abs_diff", "onnx_top1_agreement", "speedup_at_least", "latency_ratio_below")
+
+# Below 40 test samples no accuracy verdict means much: even a candidate whose predictions equal the
+# baseline's on every sample (no discordant pair) gets a 95% paired interval (Newcombe) of the drop of
+# +-8.4 pp at n = 40, +-11.0 pp at n = 30, +-27.8 pp at n = 10, +-79.3 pp at n = 1 (``stats``).
+MIN_TEST_SAMPLES = 40
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+
+
+class DataConfig(_Strict):
+    dataset: str = "digits"
+    root: str | None = None
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)
+    train_limit: int | None = Field(None, gt=0)
+    test_limit: int | None = Field(None, gt=0)
+    batch_size: int = Field(128, ge=2, description="BatchNorm in training mode needs 2 samples per batch")
+    eval_batch_size: int = Field(512, gt=0)
+    num_workers: int = Field(0, ge=0)
+    augment: list[Literal["hflip", "crop"]] = ["hflip", "crop"]
+    crop_padding: int = Field(4, ge=1, description="the padded random crop's padding in pixels (CIFAR's 4 at 32x32)")
+    options: dict[str, Any] = {}
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        if v in DATASETS or FACTORY.match(v):
+            return v
+        raise ValueError(f"unknown dataset {v!r}")
+
+    @model_validator(mode="after")
+    def _known_options(self) -> "DataConfig":
+        allowed = DATASET_OPTIONS.get(self.dataset)
+        if allowed is None:
+            return self  # a factory: its signature is checked when it is called
+        unknown = sorted(set(self.options) - set(allowed))
+        if unknown:
+            near = {u: difflib.get_close_matches(u, allowed, n=1) for u in unknown}
+            hints = "; ".join(f"{u!r}: did you mean {n[0]!r}?" for u, n in near.items() if n)
+            raise ValueError(f"@options: dataset {self.dataset!r} takes no option {', '.join(map(repr, unknown))} "
+                             f"(it takes: {', '.join(allowed) or 'none'}) || fix: "
+                             f"{hints or 'remove it from data.options'}")
+        for key in ("image_size", "samples", "classes"):
+            value = self.options.get(key)
+            if key in allowed and value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 2):
+                raise ValueError(f"@options.{key}: must be an integer >= 2 (got {value!r}) || fix: "
+                                 f"write e.g. {key} = 16")
+        channels = self.options.get("channels")
+        if "channels" in allowed and channels is not None and (isinstance(channels, bool) or channels not in (1, 3)):
+            raise ValueError(f"@options.channels: must be 1 (grey, as the images are) or 3 (the grey copied into RGB) "
+                             f"(got {channels!r}) || fix: write channels = 1")
+        return self
+
+
+class ModelConfig(_Strict):
+    name: str = "resnet20"
+    options: dict[str, Any] = {}
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        if v in MODELS or TORCHVISION.match(v) or FACTORY.match(v):
+            return v
+        raise ValueError(f"unknown model {v!r}")
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(0.1, gt=0, description="learning rate at batch size 128; scaled linearly")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _warmup_inside(self) -> "TrainConfig":
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must be less than epochs ({self.epochs})"
+            )
+        return self
+
+
+Step = Annotated[Union[step_registry.schemas()], Field(discriminator="kind")]  # type: ignore[valid-type]
+
+
+class RoundtripBudget(_Strict):
+    atol: float = Field(0.0, ge=0)
+    rtol: float = Field(0.0, ge=0)
+
+
+class StageBudgets(_Strict):
+    """The budgets of one stage: ``[budgets]`` judges the final model, ``[budgets.<stage>]`` another."""
+
+    flops_below: Limit | None = Field(None, description="FLOPs; 'N%' of the baseline's")
+    params_below: Limit | None = Field(None, description="params; 'N%' of the baseline's")
+    size_below: Limit | None = Field(None, description="bytes of the parameters at their real bit-widths; "
+                                     "'N%' of the baseline's fp32 size")
+    sparsity_at_least: float | None = Field(None, gt=0, le=1, description="zero share of the sparsified "
+                                            "layers' weights (0.5 = 2:4)")
+    accuracy_drop_under: float | None = Field(None, ge=0, lt=1, description="test accuracy drop against the "
+                                              "baseline, a fraction; a drop of 1 (100 pp) cannot be exceeded")
+    restore_roundtrip: bool | RoundtripBudget | None = Field(
+        None, description="mto.save then mto.restore into a freshly built model reproduces the stage's model")
+    onnx_max_abs_diff: float | None = Field(None, ge=0, allow_inf_nan=False, description="largest absolute "
+                                            "difference of the logits, onnxruntime vs PyTorch eval, on the test split")
+    onnx_top1_agreement: float | None = Field(None, gt=0, le=1, description="share of test samples whose "
+                                              "predicted class is the same in onnxruntime and in PyTorch")
+    speedup_at_least: float | None = Field(None, gt=0, allow_inf_nan=False, description="the stage's median "
+                                           "latency against the baseline's, as a speed-up: 1.2 = at least 1.2x faster, "
+                                           "measured as set in [latency]")
+    latency_ratio_below: float | None = Field(None, gt=0, allow_inf_nan=False, description="the stage's latency "
+                                              "over the baseline's at most this (0.8 = 20% faster; 5 = at most 5x "
+                                              "slower, for fake quantization), measured as set in [latency]")
+    report_only: list[Literal[JUDGED_ONLY]] = Field(  # type: ignore[valid-type]
+        [], description="budgets of this table that are measured and reported but never fail the run (a "
+        "breach is a warning); only these may take a limit that cannot fail, such as flops_below = '100%'")
+
+    _limits = limit_fields("flops_below", "params_below", "size_below")
+
+    @model_validator(mode="after")
+    def _can_fail(self) -> "StageBudgets":
+        for name in ("flops_below", "params_below", "size_below"):
+            limit = getattr(self, name)
+            if isinstance(limit, str) and parse_percent(limit) == 1.0 and name not in self.report_only:
+                raise ValueError(f"@{name}: {name} = {limit!r} can never fail (no compressed model is larger than "
+                                 f"its baseline) || fix: set a limit under 100%, or list it in report_only = "
+                                 f"[\"{name}\"] to measure it without judging")
+        off = [n for n in self.report_only if getattr(self, n) is None]
+        if off:
+            raise ValueError(f"@report_only: report_only lists {off} but the recipe sets no such budget || fix: remove it from "
+                             f"report_only, or set the budget")
+        return self
+
+    def active(self) -> list[str]:
+        """This table's budget names in schema order; ``restore_roundtrip = false`` is off."""
+        # a budget of 0 is the strictest budget, not a missing one (0 == False in Python)
+        return [name for name in STAGE_BUDGETS if getattr(self, name) is not None and getattr(self, name) is not False]
+
+
+class Budgets(StageBudgets):
+    baseline_accuracy_at_least: float | Literal["auto"] = Field(
+        "auto", description="the trained baseline's test accuracy floor (a fraction); 'auto' = halfway "
+        "from chance (the test split's majority-class share) to 100%: a baseline below it learned too little "
+        "for any budget relative to it to mean anything")
+    accuracy_rule: Literal["point", "not_significantly_over", "assured_under"] = Field(
+        "point", description="how accuracy budgets use the paired interval of the drop: the observed "
+        "drop (point); fail only when the whole interval is over the limit; pass only when it is under")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="confidence level of the accuracy intervals")
+    min_test_samples: int = Field(
+        MIN_TEST_SAMPLES, ge=1, description="the fewest test samples a verdict may rest on (the test split "
+        "is checked before anything trains); below 40 even identical predictions leave a 95% interval of "
+        "the drop wider than +-10 pp")
+    stages: dict[str, StageBudgets] = Field(
+        {}, description="[budgets.<stage>] tables: the budgets of a stage before the final one")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stage_tables(cls, data: object) -> object:
+        """``[budgets.<stage>]`` tables (any table under [budgets] that is not a budget) go to ``stages``;
+        ``pre_finetune_drop_under`` (optcheck <= 0.2) says how to write it now."""
+        if not isinstance(data, dict):
+            return data
+        if "pre_finetune_drop_under" in data:
+            v = data["pre_finetune_drop_under"]
+            raise ValueError(f"@pre_finetune_drop_under: pre_finetune_drop_under was replaced by per-stage budgets || fix: "
+                             f"delete it and write a table for the stage your fastnas step produces: "
+                             f"[budgets.pruned] then accuracy_drop_under = {v!r}")
+        known = set(cls.model_fields)
+        tables = {k: v for k, v in data.items() if k not in known and isinstance(v, dict)}
+        if not tables:
+            return data
+        if "stages" in data:
+            raise ValueError("@stages: write stage budgets as [budgets.<stage>] tables, not under 'stages' || "
+                             "fix: e.g. [budgets.pruned] then accuracy_drop_under = 0.1")
+        rest = {k: v for k, v in data.items() if k not in tables}
+        return {**rest, "stages": tables}
+
+    @field_validator("baseline_accuracy_at_least", mode="before")
+    @classmethod
+    def _floor(cls, v: object) -> object:
+        # before the union is tried: one clear problem instead of one per member, and no true -> 1.0
+        if v == "auto":
+            return v
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"{v!r} is neither 'auto' nor a fraction: 0.9 means 90% test accuracy")
+        if not 0 < v <= 1:
+            raise ValueError(f"{v!r} is not a fraction in (0, 1]: 0.9 means 90% test accuracy")
+        return v
+
+    def active(self) -> list[str]:
+        """The final stage's budget names, the baseline's floor first."""
+        return ["baseline_accuracy_at_least", *super().active()]
+
+    def table(self, stage: str | None) -> StageBudgets:
+        """The budget table of ``stage`` (None: the final stage's, i.e. [budgets] itself)."""
+        return self if stage is None else self.stages[stage]
+
+    def refs(self) -> list[tuple[str | None, str]]:
+        """Every budget as ``(stage, name)``: stage None for [budgets] (the final model; the baseline's
+        floor is in it too), then each [budgets.<stage>] table in file order."""
+        return [(None, n) for n in self.active()] + [(stage, n) for stage, t in self.stages.items() for n in t.active()]
+
+
+class LedgerDefaults(_Strict):
+    """Tolerances written into new regression-ledger entries of this recipe (each entry keeps its own)."""
+
+    accuracy_tolerance: float = Field(0.01, ge=0, le=1, description="absolute, two-sided")
+    bytes_tolerance: float = Field(0.05, ge=0, description="relative, two-sided")
+    architecture_tolerance: float = Field(
+        0.10, ge=0, description="relative, two-sided, for FLOPs and params of a searched stage (the "
+        "baseline's are exact); 0.10 covers the 37.2M..40.4M FLOPs spread measured on the digits recipe")
+
+
+class LatencyConfig(_Strict):
+    """How the latency budgets measure (``optcheck.latency``): interleaved rounds of the stage's model
+    and the baseline's, one call each per round, after warm-up rounds; never absolute times."""
+
+    runtime: Literal["torch", "onnxruntime"] = Field(
+        "torch", description="torch: eval mode under inference_mode; onnxruntime: the model exported as the "
+        "onnx_* budgets export it, run on the CPU provider")
+    batch_size: int = Field(1, ge=1, description="inputs per call (test images, tiled if the split is smaller)")
+    threads: int = Field(1, ge=1, description="intra-op threads of both runtimes while timing")
+    rounds: int = Field(200, ge=20, description="timed rounds; the ratio's interval narrows with more; "
+                        "pytest-benchmark's --benchmark-min-rounds raises it")
+    warmup_rounds: int = Field(20, ge=0, description="untimed rounds first")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="of the interval of the median ratio")
+
+
+PROPERTY_CHECKS = ("restore_exact", "export_matches_converted", "flops_match", "flops_monotone")
+
+
+class PropertiesConfig(_Strict):
+    """Property checks over the whole search space of the recipe's FastNAS step (``optcheck.properties``):
+    each check is one test item, run by Hypothesis over drawn subnets of the untrained model."""
+
+    checks: list[Literal[PROPERTY_CHECKS]] = Field(  # type: ignore[valid-type]
+        min_length=1, description="restore_exact | export_matches_converted | flops_match | flops_monotone")
+    examples: int = Field(20, ge=1, le=10_000, description="subnets Hypothesis draws per check (max_examples)")
+    deadline_ms: float | None = Field(None, gt=0, description="Hypothesis's limit per subnet; none by default")
+    batch_size: int = Field(2, ge=1, description="the example input's batch (random, seeded by the recipe's seed)")
+
+    @field_validator("checks")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"checks {v} name a check twice || fix: list each check once")
+        return v
+
+
+class Recipe(_Strict):
+    name: str
+    description: str = ""
+    seed: Seed | None = None
+    seeds: list[Seed] | None = Field(None, min_length=2, description="judge accuracy budgets on the mean "
+                                    "drop over these seeds (each a cached build); the first is the seed of "
+                                    "every other check")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    steps: list[Step] = []
+    budgets: Budgets
+    latency: LatencyConfig = LatencyConfig()
+    properties: PropertiesConfig | None = None
+    ledger: LedgerDefaults = LedgerDefaults()
+    path: Path | None = Field(None, exclude=True)
+
+    _name = field_validator("name")(classmethod(lambda cls, v: check_recipe_name(v)))
+
+    @model_validator(mode="after")
+    def _coherent(self) -> "Recipe":
+        if self.data.test_limit is not None and self.data.test_limit < self.budgets.min_test_samples:
+            raise ValueError(
+                f"@data.test_limit: data.test_limit = {self.data.test_limit} is below budgets.min_test_samples = "
+                f"{self.budgets.min_test_samples}: a verdict on so few test samples means little (a 95% "
+                f"interval of +-10 pp or wider) || fix: raise test_limit, or lower min_test_samples knowingly")
+        if self.seeds is not None:
+            if len(set(self.seeds)) != len(self.seeds):
+                raise ValueError(f"@seeds: seeds {self.seeds} repeat a seed: each seed is one independent build || fix: list each seed once")
+            if self.seed is not None and self.seed != self.seeds[0]:
+                raise ValueError(f"@seeds: seed = {self.seed} and seeds = {self.seeds}: give one of them (with seeds, "
+                                 f"the first one is the recipe's seed) || fix: remove seed")
+        names = [stage.name for stage in step_registry.plan(self)]
+        for i, step in enumerate(self.steps):
+            if step.name is not None and not file_safe(step.name, 60):
+                raise ValueError(f"@steps[{i}].name: name {step.name!r} is not file-safe (it names the stage's files, "
+                                 "node ids and [budgets.<name>]) || fix: use letters, digits, '.', '_' and '-'")
+        for name in dict.fromkeys(names):
+            if names.count(name) > 1:
+                where = [f"steps[{i - 1}]" if i else "the baseline" for i, n in enumerate(names) if n == name]
+                raise ValueError(f"@steps: two stages are named {name!r} ({' and '.join(where)}) || fix: give the "
+                                 f"later step its own name, e.g. name = '{name}2'")
+        if not self.steps and [r for r in self.budgets.refs() if r[1] != "baseline_accuracy_at_least"]:
+            raise ValueError("@steps: the recipe has no [[steps]], so its budgets would compare the baseline with "
+                             "itself and could never fail || fix: add a [[steps]] table (kind = "
+                             f"{' | '.join(map(repr, step_registry.listable()))})")
+        if self.properties is not None and self.step("fastnas") is None:
+            raise ValueError("@properties: property checks draw subnets from a FastNAS search space, and this recipe "
+                             "has no kind = \"fastnas\" step || fix: add a fastnas step, or remove [properties]")
+        if self.budgets.refs() == [(None, "baseline_accuracy_at_least")]:
+            raise ValueError("@budgets: a recipe needs at least one budget under [budgets] that judges the compressed model || fix: add e.g. accuracy_drop_under = 0.01")
+        for stage in self.budgets.stages:
+            if stage not in names:
+                near = difflib.get_close_matches(stage, names + list(STAGE_BUDGETS), n=1)
+                raise ValueError(f"@budgets.{stage}: there is no stage {stage!r}; this recipe's stages are "
+                                 f"{', '.join(names)} || fix: " + (f"did you mean {near[0]!r}?" if near else
+                                 "name a stage a step produces (a step's name, or its kind's default)"))
+            if stage == names[0]:
+                raise ValueError(f"@budgets.{stage}: budgets of the baseline would compare it with itself || fix: "
+                                 "remove the table (baseline_accuracy_at_least under [budgets] judges the baseline)")
+            if stage == names[-1]:
+                raise ValueError(f"@budgets.{stage}: {stage!r} is the final stage, which [budgets] judges || fix: "
+                                 f"move these budgets into [budgets]")
+        return self
+
+    def step(self, kind: str):
+        """The first step of ``kind``, or None."""
+        return next((s for s in self.steps if s.kind == kind), None)
