@@ -1,7 +1,8 @@
 """torchprofile 0.0.4 and 0.1.x both give modelopt's FLOPs; the declared dependencies import.
 
-The 0.1.x path runs in this process. The 0.0.4 path runs in a subprocess with torchprofile 0.0.4
-installed into a side folder (from the package registry, cached under pytest's cache).
+The 0.1.x path runs in this process. The 0.0.4 path runs in a subprocess that imports torchprofile 0.0.4
+from its wheel, committed in tests/data (pure Python, 7.7 kB, MIT license inside; from PyPI, sha256
+in tests/data/README.md): Python imports it from the zip itself, so nothing is installed while the tests run.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,17 +64,14 @@ def run_probe(extra_path: str | None = None) -> dict:
     return json.loads(line[len("PROBE"):])
 
 
+WHEEL_004 = Path(__file__).parent / "data" / "torchprofile-0.0.4-py3-none-any.whl"
+
+
 @pytest.fixture(scope="session")
-def torchprofile_004(request, tmp_path_factory) -> str:
-    """A folder holding torchprofile 0.0.4 (pure Python), installed once per cache."""
-    cache = getattr(request.config, "cache", None)
-    folder = cache.mkdir("torchprofile-0.0.4") if cache else tmp_path_factory.mktemp("tp004")
-    if not (folder / "torchprofile" / "profile.py").exists():
-        proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                               "--target", str(folder), "torchprofile==0.0.4"],
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, f"installing torchprofile 0.0.4 failed:\n{proc.stderr[-2000:]}"
-    return str(folder)
+def torchprofile_004() -> str:
+    """torchprofile 0.0.4 (pure Python), importable from its wheel on ``PYTHONPATH`` (zipimport)."""
+    assert WHEEL_004.is_file(), f"{WHEEL_004} is missing: it is committed with the tests"
+    return str(WHEEL_004)
 
 
 def test_torchprofile_0_0_4_path(torchprofile_004):

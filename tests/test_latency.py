@@ -224,9 +224,11 @@ def test_benchmark_disable_and_skip_turn_the_latency_checks_off_out_loud(project
 
 
 def test_under_xdist_a_latency_check_still_measures_and_says_how(project):
+    """And ``--benchmark-json`` under ``-n`` is written: pytest-benchmark turns itself off on the workers
+    (it used to write no file and say nothing); the workers' series reach the controller's session."""
     pytest.importorskip("xdist")
     out = project.runpytest_subprocess("--optcheck", "--optcheck-ledger", "off", "-p", "no:cacheprovider",
-                                       "-n", "2", "--optcheck-report", "report.json")
+                                       "-n", "2", "--optcheck-report", "report.json", "--benchmark-json", "bench.json")
     out.assert_outcomes(passed=4)
     # pytest-benchmark's "Benchmarks are automatically disabled" would be untrue of these: withheld
     assert "automatically disabled" not in out.stdout.str() + out.stderr.str()
@@ -237,6 +239,13 @@ def test_under_xdist_a_latency_check_still_measures_and_says_how(project):
         assert verdicts[check]["outcome"] == "passed"
         assert details["engine"].startswith("optcheck under pytest-xdist (pytest-benchmark is off there), worker gw")
         assert details["rounds"] == 200 and 0 < details["ratio"] < 10
+        assert "latency_series" not in details  # the raw series go to pytest-benchmark, not the report
+    bench = json.loads((project.path / "bench.json").read_text())["benchmarks"]
+    groups = sorted({b["group"] for b in bench})
+    assert groups == ["optcheck latency: recipes/tiny.toml::latency_ratio_below",
+                      "optcheck latency: recipes/tiny.toml::pruned::speedup_at_least"]
+    assert len(bench) == 4 and all(b["stats"]["rounds"] == 200 and b["stats"]["median"] > 0 for b in bench)
+    assert all(b["extra_info"]["optcheck_engine"].startswith("optcheck under pytest-xdist") for b in bench)
 
 
 USER_TEST = '''

@@ -74,3 +74,31 @@ def test_the_stage_lineage_follows_what_a_stage_is_built_from(tmp_path):
     assert other_target["baseline"] == base["baseline"] and other_target["pruned"] != base["pruned"]
     budgets_only = lineage(tiny_recipe(budgets='flops_below = "80%"\n'))
     assert budgets_only == base  # budgets judge a stage; they do not build it
+
+
+@pytest.mark.parametrize(("threads", "workers", "cores", "says"), [
+    (2, 2, 2, True), (1, 2, 2, False), (2, 1, 2, False), (4, 2, 8, False), (4, 3, 8, True)])
+def test_more_threads_than_cores_for_the_workers_is_said(threads, workers, cores, says):
+    from optcheck.plugin.schedule import oversubscribed
+
+    text = oversubscribed(threads, workers, cores)
+    assert (text is not None) == says
+    if says:
+        assert f"asks for {threads * workers} torch threads on {cores} cores" in text
+        assert f"--optcheck-threads auto (cores / workers: {max(1, cores // workers)})" in text
+
+
+def test_an_oversubscribing_thread_count_under_xdist_warns_at_the_start(pytester, tiny_recipe_text):
+    """`-n 2 --optcheck-threads <cores>` once ran the main job several times slower, silently."""
+    pytest.importorskip("xdist")
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    (pytester.path / "recipes").mkdir()
+    (pytester.path / "recipes" / "tiny.toml").write_text(tiny_recipe_text())
+    over = pytester.runpytest_subprocess("--optcheck", "--co", "-n", "2", "--optcheck-threads", str(cores),
+                                         "--optcheck-ledger", "off", "-p", "no:cacheprovider")
+    assert f"ThreadsWarning: --optcheck-threads {cores} with 2 xdist workers asks for {2 * cores}" in over.stdout.str()
+    fine = pytester.runpytest_subprocess("--optcheck", "--co", "-n", "2", "--optcheck-ledger", "off",
+                                         "-p", "no:cacheprovider")
+    assert "ThreadsWarning" not in fine.stdout.str()

@@ -322,3 +322,13 @@ def test_inconsistent_counts_are_rejected():
 def test_bad_confidence_is_rejected(confidence):
     with pytest.raises(ValueError, match="confidence"):
         paired_drop_from_counts(360, 4, 2, 340, confidence)
+
+
+@pytest.mark.parametrize(("n", "halfwidth"), [(40, 0.0876), (30, 0.1135), (10, 0.2775), (1, 0.7935)])
+def test_the_interval_of_identical_predictions_is_the_one_the_messages_quote(n, halfwidth):
+    """recipes/schema.py, docs/errors.md and docs/verdicts.md quote these half-widths (once quoted as
+    +-8.4 pp at n = 40 and +-10 pp or wider below it: neither held)."""
+    from optcheck.core.stats import agreement_halfwidth
+
+    assert agreement_halfwidth(n) == pytest.approx(halfwidth, abs=5e-5)
+    assert agreement_halfwidth(n) == -paired_drop_from_counts(n, 0, 0, n).low

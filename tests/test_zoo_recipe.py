@@ -330,3 +330,21 @@ def test_the_matrix_lists_the_models_in_the_recipes_order_with_their_phases_in_p
     md = markdown_lines(zoo, "zoo/z.toml")
     assert "| vgg | 32 | ✓ | known failure | 0.8 |" in md and "| alexnet | 32 | ✓ | ✗ | 3.5 |" in md
     assert zoo_table({"path": "recipes/a.toml", "verdicts": {"flops_below": {"outcome": "passed"}}}) is None
+
+
+def test_the_shipped_zoo_collects_as_the_readme_runs_it():
+    """The README's zoo command, collect-only, in this checkout: every model of zoo/torchvision.toml and
+    every phase is an item, and zoo/optcheck-ledger.toml validates against it (a broken shipped recipe or
+    ledger entry fails here, in .ci/run, not first in the zoo's own CI job)."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--optcheck", "--optcheck-recipes", "zoo", "zoo", "--co", "-q",
+                           "-p", "no:cacheprovider"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    items = [line for line in proc.stdout.splitlines() if line.startswith("zoo/torchvision.toml::")]
+    models = {line.split("::")[1] for line in items}
+    assert len(models) == 13 and "model[inception_v3]" in models and "model[densenet121]" in models
+    assert len(items) == 13 * 9, items[:5]
+    assert "zoo/torchvision.toml::model[squeezenet1_0]::restore" in items

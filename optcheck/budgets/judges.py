@@ -12,9 +12,10 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from optcheck.pipeline.run import RecipeRun
+if TYPE_CHECKING:
+    from optcheck.pipeline.run import RecipeRun
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from optcheck.core.errors import Problem, RecipeError
+from optcheck.core.stats import agreement_halfwidth
 
 BUILT_IN_MODELS = ("resnet20", "small_cnn")
 
@@ -53,7 +54,8 @@ def check_data(ctx, path: str) -> None:
         raise RecipeError(path, [Problem(
             "data.test_limit" if recipe.data.test_limit else "data.test_fraction",
             f"the test split holds {sizes['test']} samples, fewer than budgets.min_test_samples = {need}: a "
-            f"verdict on so few samples means little (a 95% interval of the drop of +-10 pp or wider)",
+            f"verdict on so few samples means little (identical predictions on {sizes['test']} samples all right "
+            f"leave a 95% interval of the drop of +-{agreement_halfwidth(max(1, sizes['test'])) * 100:.2f} pp)",
             fix="give the test split more samples (test_fraction, test_limit, or the dataset), or lower "
                 "budgets.min_test_samples knowingly")])
     if data.num_classes < 2:

@@ -103,7 +103,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if workerinput is not None:
         state.worker = workerinput.get("workerid", "gw?")
     config.stash[STATE_KEY] = state
-    config.pluginmanager.register(_CollectWatcher(state), "optcheck-collect-watcher")
+    config.pluginmanager.register(_CollectWatcher(state, config), "optcheck-collect-watcher")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistController(state), "optcheck-xdist")
     roots = [r.resolve() for r in _recipe_roots(config)]
@@ -206,8 +206,8 @@ class _CollectWatcher:
     """Remembers which nodes failed to collect (for ``pytest_runtestloop`` below) and the outcome of
     every optcheck check (on the xdist controller: from the reports the workers send)."""
 
-    def __init__(self, state: OptcheckState):
-        self.state = state
+    def __init__(self, state: OptcheckState, config: pytest.Config):
+        self.state, self.config = state, config
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
@@ -219,9 +219,11 @@ class _CollectWatcher:
             return
         if report.when != "call" and not (report.failed or report.skipped):
             return
-        from optcheck.plugin.finish import verdict_of
+        from optcheck.plugin.results import benchmark_series, verdict_of
 
         self.state.record_verdict(props["optcheck.recipe"], props["optcheck.check"], verdict_of(report, props))
+        if report.when == "call" and not hasattr(self.config, "workerinput"):
+            benchmark_series(self.config, props)  # a worker's timed series, for pytest-benchmark's JSON
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -254,7 +256,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     """On an xdist worker with ``auto`` threads: the recipes that will build are known now (threads per
     worker and per shared stage: ``schedule``). Under xdist, pytest-benchmark's warning that benchmarks
     are disabled is withheld when its only "benchmarks" are optcheck's latency checks: they measure
-    there anyway, and say so in their results (``latency.py``)."""
+    there anyway, say so in their results, and their series reach pytest-benchmark's JSON through the
+    controller (``results.benchmark_series``)."""
     shard = config.getoption("optcheck_shard")
     if shard:
         from optcheck.plugin.schedule import parse_shard, shard_items
@@ -263,7 +266,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         if drop:
             config.hook.pytest_deselected(items=drop)
             items[:] = keep
-    bs = getattr(config, "_benchmarksession", None)
+    from optcheck.core.private_api import benchmark_session
+
+    bs = benchmark_session(config)
     if bs is not None and getattr(bs, "xdist_benchmark_found", False):
         from optcheck.plugin.items import _CheckItem
 
@@ -330,7 +335,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:  # an xdist worker: the controller writes everything
-        workeroutput["optcheck"] = state.export()
+        from optcheck.plugin.results import export
+
+        workeroutput["optcheck"] = export(state)
         return
     from optcheck.plugin.finish import finish_session
 

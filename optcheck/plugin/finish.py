@@ -24,27 +24,6 @@ class ReportWarning(UserWarning):
 
 # -- verdicts -----------------------------------------------------------------------------------------
 
-def verdict_of(report, props: dict[str, Any]) -> dict[str, Any]:
-    """One check's outcome from its pytest report (works on the xdist controller too)."""
-    outcome = report.outcome
-    if hasattr(report, "wasxfail"):
-        outcome = "xfailed" if report.skipped else "xpassed"
-    elif report.failed and report.when != "call":
-        outcome = "error"
-    elif report.failed and "[XPASS(strict)]" in str(report.longrepr):
-        outcome = "xpassed"
-    message = ""
-    if report.skipped and isinstance(report.longrepr, tuple):
-        message = str(report.longrepr[2]).removeprefix("Skipped: ")
-    elif report.failed:
-        message = report.longreprtext.strip()[:2000]
-    elif hasattr(report, "wasxfail"):
-        message = report.wasxfail
-    details = {k.removeprefix("optcheck."): v for k, v in props.items()
-               if k.startswith("optcheck.") and k not in ("optcheck.recipe", "optcheck.check")}
-    if details.get("report_only") == "broken" and outcome == "passed":
-        outcome = "broken (report only)"
-    return {"outcome": outcome, "message": message, "details": details}
 
 
 # -- metadata ---------------------------------------------------------------------------------------------
@@ -97,7 +76,9 @@ def finish_session(config, state) -> list[str]:
     """Write the ledger updates and every requested report, once; return lines for the summary."""
     from optcheck.ledger.entries import write_updates
 
-    recipes, updates = state.merged()
+    from optcheck.plugin.results import merged
+
+    recipes, updates = merged(state)
     add_zoo_tables(recipes)
     written: list[str] = []
     order = {r["recipe"]: r.get("order", list(r["stages"])) for r in recipes}

@@ -81,6 +81,19 @@ def stage_threads(lineages: list[dict[str, str]], cores: int | None = None) -> l
     return [{stage: cores for stage, sig in lin.items() if sig in common} for lin in lineages]
 
 
+def oversubscribed(threads: int, workers: int, cores: int | None = None) -> str | None:
+    """What to say when ``workers`` xdist workers with ``threads`` torch threads each ask for more
+    threads than there are cores (None when they fit): OpenMP threads that share a core spin while
+    they wait for each other."""
+    cores = cores or usable_cores()
+    if workers < 2 or workers * threads <= cores:
+        return None
+    return (f"--optcheck-threads {threads} with {workers} xdist workers asks for {workers * threads} torch threads "
+            f"on {cores} cores: OpenMP threads that share a core spin while they wait, and every build slows "
+            f"down several times; use --optcheck-threads auto (cores / workers: {max(1, cores // workers)}) or "
+            "fewer workers")
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """``"K/N"`` -> ``(K, N)`` with 1 <= K <= N; a usage error otherwise."""
     import pytest
@@ -103,3 +116,13 @@ def shard_items(items: list, k: int, n: int) -> tuple[list, list]:
     for item in items:
         (keep if order[recipe_scope(item.nodeid)] % n == k - 1 else drop).append(item)
     return keep, drop
+
+
+def worker_threads(setting: str, recipes: int | None = None) -> int | None:
+    """torch threads per process: ``auto`` splits the usable cores among the xdist workers that
+    build at the same time (``schedule.threads_for``; every worker until the number of recipes to
+    build is known after collection)."""
+    if setting == "auto":
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+        return threads_for(workers, workers if recipes is None else recipes)
+    return int(setting)

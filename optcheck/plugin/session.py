@@ -1,14 +1,11 @@
-"""Per-session optcheck state: settings, the cache and ledger, one ``RecipeRun`` per recipe, and the
-plain-data results that reports are made of.
+"""Per-session optcheck state: settings, the cache and ledger, one ``RecipeRun`` per recipe (and seed),
+the thread count, the zoo session, and the verdicts and ledger comparisons gathered so far.
 
-Under pytest-xdist every worker has its own state; at the end each worker exports its part
-(``export``) through ``config.workeroutput`` and the controller merges them (``results``), so the
-reports and the ledger are written once, by one process, after every worker has finished.
+The results as plain data (what an xdist worker sends home, and their merge) are ``results.py``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -98,7 +95,7 @@ class OptcheckState:
         if not self.threads_auto:
             return
         from optcheck.pipeline.keys import stage_lineage
-        from optcheck.plugin.schedule import stage_threads
+        from optcheck.plugin.schedule import stage_threads, worker_threads
 
         self.threads = worker_threads("auto", len(recipes))
         runs = [run for recipe in recipes for run in self.seed_runs_for(recipe)]
@@ -120,81 +117,6 @@ class OptcheckState:
     def record_verdict(self, recipe_path: str, check: str, verdict: dict) -> None:
         self.verdicts.setdefault(recipe_path, {})[check] = verdict
 
-    # -- results as plain data ----------------------------------------------------------------------
-    def export(self) -> dict[str, Any]:
-        """This process's part of the results, JSON-safe (what an xdist worker sends home)."""
-        from optcheck.budgets.judges import budget_id
-        from optcheck.core.jsonsafe import jsonsafe
-
-        runs = {}
-        for run in self.runs.values():
-            rel = self.relpath(run.recipe.path)
-            stages = {}
-            for stage, art in run.artifacts.items():
-                event = dict(run.events.get(stage, {}), worker=self.worker)
-                stages[stage] = {"metrics": art.metrics.as_dict(), "events": [event]}
-                if art.info.get("iterations"):  # a step that works in iterations: one row per iteration
-                    stages[stage]["iterations"] = art.info["iterations"]
-            runs[rel] = {
-                "recipe": run.recipe.name, "path": rel, "seed": run.seed,
-                "device": run.ctx.device.type if run.has_ctx else self.device,
-                "threads": self.threads, "bounds": run.bounds, "stages": stages,
-                "cache_seconds": {self.worker: round(run.cache_seconds, 4)},
-                "budgets": {budget_id(stage, b): _limit_of(run.recipe, stage, b) for stage, b in run.recipe.budgets.refs()},
-                "order": run.available_stages(),
-                "ledger": self.ledger_checks.get(rel, {}),
-            }
-        # through JSON: plain str, int, float only. jsonsafe keeps str subclasses such as the
-        # TorchVersion in a ledger entry's numerics fingerprint, which execnet cannot send from a worker
-        return json.loads(json.dumps(jsonsafe({
-            "worker": self.worker, "runs": runs,
-            "ledger_updates": [[*k, v] for k, v in self.ledger_updates.items()],
-        })))
-
-    def merged(self) -> tuple[list[dict[str, Any]], dict[tuple[str, str, str], dict]]:
-        """Every process's results merged: ``(recipes, ledger_updates)``; recipes sorted by path."""
-        recipes: dict[str, dict[str, Any]] = {}
-        updates: dict[tuple[str, str, str], dict] = {}
-        for part in [self.export(), *self.remote]:
-            for rel, run in part["runs"].items():
-                mine = recipes.setdefault(rel, {**run, "stages": {}, "ledger": {}})
-                mine["bounds"] = mine.get("bounds") or run.get("bounds")
-                if mine is not run:
-                    mine["cache_seconds"] = {**mine.get("cache_seconds", {}), **run.get("cache_seconds", {})}
-                for stage, info in run["stages"].items():
-                    have = mine["stages"].setdefault(stage, {"metrics": info["metrics"], "events": []})
-                    have["events"] += info["events"]
-                    if info.get("iterations"):
-                        have["iterations"] = info["iterations"]
-                mine["ledger"].update(run.get("ledger", {}))
-            for recipe, platform, stage, entry in part.get("ledger_updates", []):
-                updates[(recipe, platform, stage)] = entry
-        for rel, checks in self.verdicts.items():
-            if rel in recipes:
-                recipes[rel]["verdicts"] = checks
-            else:  # skipped or failed before anything was built
-                recipes[rel] = {"recipe": Path(rel).stem, "path": rel, "stages": {}, "ledger": {},
-                                "budgets": {}, "verdicts": checks}
-        for run in recipes.values():
-            budgets, order = list(run.get("budgets", {})), run.get("order") or list(run["stages"])
-            run["verdicts"] = dict(sorted(run.get("verdicts", {}).items(),
-                                          key=lambda kv: _check_order(kv[0], budgets, order)))
-            run["stages"] = {s: run["stages"][s] for s in order if s in run["stages"]}
-        return [recipes[k] for k in sorted(recipes)], updates
-
-
-def _check_order(check: str, budgets: list[str], stages: list[str]) -> tuple:
-    """Budgets in the recipe's order, then the ledger checks in pipeline order (not finish order)."""
-    ledger = [f"ledger[{s}]" for s in stages]
-    if check in ledger:
-        return (1, ledger.index(check), check)
-    return (0, budgets.index(check) if check in budgets else len(budgets), check)
-
-
-def _limit_of(recipe, stage: str | None, budget: str) -> Any:
-    value = getattr(recipe.budgets.table(stage), budget)
-    return value.model_dump() if hasattr(value, "model_dump") else value
-
 
 def get_state(config: pytest.Config) -> OptcheckState:
     return config.stash[STATE_KEY]
@@ -207,7 +129,9 @@ def make_basetemp(config: pytest.Config) -> Callable[[str], Path]:
     the folders are removed at the end of the session."""
 
     def make(name: str) -> Path:
-        factory = getattr(config, "_tmp_path_factory", None)  # set by pytest's tmp_path plugin
+        from optcheck.core.private_api import tmp_path_factory
+
+        factory = tmp_path_factory(config)  # set by pytest's tmp_path plugin
         if factory is not None:
             return factory.mktemp(name, numbered=True)
         path = Path(tempfile.mkdtemp(prefix=f"{name}-"))
@@ -215,15 +139,3 @@ def make_basetemp(config: pytest.Config) -> Callable[[str], Path]:
         return path
 
     return make
-
-
-def worker_threads(setting: str, recipes: int | None = None) -> int | None:
-    """torch threads per process: ``auto`` splits the usable cores among the xdist workers that
-    build at the same time (``schedule.threads_for``; every worker until the number of recipes to
-    build is known after collection)."""
-    if setting == "auto":
-        from optcheck.plugin.schedule import threads_for
-
-        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
-        return threads_for(workers, workers if recipes is None else recipes)
-    return int(setting)

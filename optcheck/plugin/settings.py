@@ -14,15 +14,24 @@ import pytest
 LEDGER_NAME = "optcheck-ledger.toml"
 
 
+class ThreadsWarning(UserWarning):
+    """More torch threads asked for than there are cores for the xdist workers together."""
+
+
 def threads_setting(config: pytest.Config) -> tuple[int | None, bool]:
     """``(threads, auto)``: the thread count to start with, and whether it is ``auto`` (then an xdist
     worker re-decides it after collection: ``OptcheckState.retune_threads``)."""
-    from optcheck.plugin.session import worker_threads
+    from optcheck.plugin.schedule import oversubscribed, worker_threads
 
     value = str(config.getoption("optcheck_threads") or config.getini("optcheck_threads")).strip()
     if value != "auto" and not (value.isdigit() and int(value) > 0):
         raise pytest.UsageError(f"optcheck threads = {value!r}: use a whole number > 0, or auto "
                                 f"(--optcheck-threads or the optcheck_threads ini value)")
+    if value != "auto" and not hasattr(config, "workerinput"):  # said once, by the controller
+        workers = len(config.getoption("tx", None) or []) if config.getoption("dist", "no") != "no" else 0
+        warning = oversubscribed(int(value), workers)
+        if warning:
+            config.issue_config_time_warning(ThreadsWarning(warning), stacklevel=2)
     return worker_threads(value), value == "auto"
 
 

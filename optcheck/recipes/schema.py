@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from optcheck.steps import registry as step_registry
 from optcheck.core.limits import parse_percent
+from optcheck.core.stats import agreement_halfwidth
 from optcheck.recipes.fields import SEED_MAX, check_recipe_name, file_safe
 from optcheck.core.schema import Limit, limit_fields, Strict as _Strict
 
@@ -38,9 +39,10 @@ BUDGETS = ("baseline_accuracy_at_least",) + STAGE_BUDGETS
 JUDGED_ONLY = ("flops_below", "params_below", "size_below", "sparsity_at_least", "accuracy_drop_under",
                "onnx_max_abs_diff", "onnx_top1_agreement", "speedup_at_least", "latency_ratio_below")
 
-# Below 40 test samples no accuracy verdict means much: even a candidate whose predictions equal the
-# baseline's on every sample (no discordant pair) gets a 95% paired interval (Newcombe) of the drop of
-# +-8.4 pp at n = 40, +-11.0 pp at n = 30, +-27.8 pp at n = 10, +-79.3 pp at n = 1 (``stats``).
+# Below 40 test samples no accuracy verdict means much: a candidate that predicts exactly like a baseline
+# that gets every sample right (no discordant pair) still gets a 95% paired interval (Newcombe) of the drop
+# of +-8.76 pp at n = 40, +-11.35 pp at n = 30, +-27.75 pp at n = 10, +-79.35 pp at n = 1
+# (``core.stats.agreement_halfwidth``; tests/test_stats.py holds these numbers).
 MIN_TEST_SAMPLES = 40
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 
@@ -186,8 +188,8 @@ class Budgets(StageBudgets):
     confidence: float = Field(0.95, gt=0.5, lt=1, description="confidence level of the accuracy intervals")
     min_test_samples: int = Field(
         MIN_TEST_SAMPLES, ge=1, description="the fewest test samples a verdict may rest on (the test split "
-        "is checked before anything trains); below 40 even identical predictions leave a 95% interval of "
-        "the drop wider than +-10 pp")
+        "is checked before anything trains); at 40, predictions identical to a baseline that gets every "
+        "sample right still leave a 95% interval of the drop of +-8.76 pp, wider below")
     stages: dict[str, StageBudgets] = Field(
         {}, description="[budgets.<stage>] tables: the budgets of a stage before the final one")
 
@@ -309,8 +311,10 @@ class Recipe(_Strict):
         if self.data.test_limit is not None and self.data.test_limit < self.budgets.min_test_samples:
             raise ValueError(
                 f"@data.test_limit: data.test_limit = {self.data.test_limit} is below budgets.min_test_samples = "
-                f"{self.budgets.min_test_samples}: a verdict on so few test samples means little (a 95% "
-                f"interval of +-10 pp or wider) || fix: raise test_limit, or lower min_test_samples knowingly")
+                f"{self.budgets.min_test_samples}: a verdict on so few test samples means little (identical "
+                f"predictions on {self.data.test_limit} samples all right leave a 95% interval of the drop of "
+                f"+-{agreement_halfwidth(self.data.test_limit) * 100:.2f} pp) || fix: raise test_limit, or lower "
+                "min_test_samples knowingly")
         if self.seeds is not None:
             if len(set(self.seeds)) != len(self.seeds):
                 raise ValueError(f"@seeds: seeds {self.seeds} repeat a seed: each seed is one independent build || fix: list each seed once")

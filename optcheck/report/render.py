@@ -1,7 +1,7 @@
 """Reports from the session's plain-data results: the terminal table, the JSON report, the GitHub
 step-summary Markdown, and (through ``plot.py``) the accuracy-vs-FLOPs PNG.
 
-The results are what ``OptcheckState.merged()`` returns: one dict per recipe with its stages
+The results are what ``plugin.results.merged(state)`` returns: one dict per recipe with its stages
 (metrics and cache events per process), budget limits, check verdicts and ledger comparisons.
 """
 
@@ -50,6 +50,11 @@ def stage_row(stage: str, m: dict[str, Any], base: dict[str, Any] | None) -> dic
     }
 
 
+# FLOPs are what a deployment computes with dense kernels (``build.measure.count_flops``)
+SPARSE_NOTE = ("FLOPs of a sparsified stage are its dense MACs x 2: 2:4 sparsity halves a sparsified layer's MACs "
+               "only on hardware with sparse kernels (e.g. NVIDIA Sparse Tensor Cores), not in this count")
+
+
 def results_table(name: str, metrics: dict[str, dict], verdicts: dict[str, str] | None = None) -> list[str]:
     """Lines of a fixed-width table; ``metrics`` maps stage -> ``Metrics.as_dict()`` in pipeline order
     (the first is the baseline) and ``verdicts`` check -> outcome."""
@@ -62,6 +67,8 @@ def results_table(name: str, metrics: dict[str, dict], verdicts: dict[str, str] 
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [f"optcheck results: {name}", fmt.format(*header), fmt.format(*("-" * w for w in widths))]
     lines += [fmt.format(*r) for r in table[1:]]
+    if any(r["sparsity"] for r in rows):
+        lines.append(SPARSE_NOTE)
     if verdicts:
         lines.append("checks: " + ", ".join(f"{b} {v}" for b, v in verdicts.items()))
     return lines
@@ -235,6 +242,8 @@ def markdown(doc: dict[str, Any]) -> str:
                 out.append(f"| {stage} | {_pct(m['test_acc'])} (n={m['test_n']}) | {row['Δ acc']} | {flops} | {lat}"
                            f"{row['params']} | {row['size']} | {row['checkpoint']} | {cache} | {ledger} |")
             out.append("")
+            if any(info["metrics"].get("sparsity") is not None for info in r["stages"].values()):
+                out += [f"<sub>{SPARSE_NOTE}</sub>", ""]
             for stage, info in r["stages"].items():
                 if info.get("iterations"):
                     header, body = iteration_rows(info["iterations"])

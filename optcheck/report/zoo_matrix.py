@@ -1,5 +1,5 @@
 """The zoo matrix (model x phase) from a session's plain-data results: the verdicts of a zoo recipe's
-items, as ``OptcheckState.merged()`` (or a merged set of shard reports: ``merge.py``) hands them over.
+items, as ``plugin.results.merged(state)`` (or a merged set of shard reports: ``merge.py``) hands them over.
 
 Cells: ✓ passed, ✗ failed, "known failure" (xfailed: the ledger's known failure, as recorded),
 "✗ XPASS" (a known failure that passed: fixed upstream, the entry must go), – not run (after an
