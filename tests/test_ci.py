@@ -55,7 +55,7 @@ def test_readme_starts_with_the_main_job_and_the_test_suite():
     main, suite = readme_commands()
     args = shlex.split(main.split("&&")[-1])
     assert args[:3] == [".venv/bin/pytest", "--optcheck", "recipes"] and "-n" in args
-    assert suite.endswith("pytest tests")
+    assert suite.endswith("pytest tests -n 2 --dist loadfile")  # tests/conftest.py: why two workers
     assert main.startswith("python3 -m venv .venv") and suite.startswith("python3 -m venv .venv")
 
 

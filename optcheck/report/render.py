@@ -51,7 +51,7 @@ def stage_row(stage: str, m: dict[str, Any], base: dict[str, Any] | None) -> dic
 
 
 # FLOPs are what a deployment computes with dense kernels (``build.measure.count_flops``)
-SPARSE_NOTE = ("FLOPs of a sparsified stage are its dense MACs x 2: 2:4 sparsity halves a sparsified layer's MACs "
+SPARSE_NOTE = ("FLOPs of a stage with 2:4 sparse layers are their dense MACs x 2: 2:4 sparsity halves a layer's MACs "
                "only on hardware with sparse kernels (e.g. NVIDIA Sparse Tensor Cores), not in this count")
 
 
