@@ -10,6 +10,12 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+# Model Optimizer's FLOPs count needs torchprofile patched (optcheck.core.compat); the hook patches it
+# when anything imports it, in any session that loads the plugin. It imports nothing itself.
+from optcheck.core.compat import install_import_hook as _install_import_hook  # noqa: E402
+
+_install_import_hook()
+
 _LAZY = {
     "assert_flops_below": "optcheck.checks.assertions",
     "assert_params_below": "optcheck.checks.assertions",
@@ -24,6 +30,8 @@ _LAZY = {
     "assert_accuracy_at_least": "optcheck.checks.assertions",
     "assert_paired_drop_under": "optcheck.checks.assertions",
     "paired_accuracy_drop": "optcheck.checks.assertions",
+    "assert_metric_drop_under": "optcheck.checks.team_metrics",
+    "assert_metric_bound": "optcheck.checks.team_metrics",
     "count_flops": "optcheck.build.measure",
     "count_params": "optcheck.build.measure",
     "weight_bytes": "optcheck.build.measure",
@@ -44,6 +52,7 @@ __all__ = sorted(_LAZY)
 if TYPE_CHECKING:
     from optcheck.checks.assertions import (assert_accuracy_at_least, assert_accuracy_drop_under, assert_flops_below, assert_latency_ratio_below, assert_onnx_parity, assert_speedup_at_least, assert_paired_drop_under, assert_params_below, assert_size_below, assert_sparsity_at_least, paired_accuracy_drop)
     from optcheck.checks.restore import assert_restore_roundtrip, assert_same_model
+    from optcheck.checks.team_metrics import assert_metric_bound, assert_metric_drop_under
     from optcheck.core.errors import DatasetMissing, RecipeError
     from optcheck.build.measure import count_flops, count_params, sparsity, weight_bytes
     from optcheck.checks.properties import (PropertyFailure, export_matches_converted, flops_match, flops_monotone, restore_exact, run_property)

@@ -45,7 +45,7 @@ def test_every_stage_below_the_subnet_restores_into_its_architecture(tp_run):
     for stage in ("pruned", "finetuned", "quantized"):
         art = tp_run.artifact(stage)
         assert "torch_pruning" in art.files, (stage, art.files)  # the architecture travels with it
-        restored = load_model(tp_run.ctx, tp_run.stages[stage].kind, art.files).eval()
+        restored = load_model(tp_run.ctx, tp_run.stages[stage], art.files).eval()
         x = torch.randn(4, *tp_run.ctx.data.input_shape)
         with torch.no_grad():
             assert torch.equal(restored(x), art.model.eval()(x)), stage

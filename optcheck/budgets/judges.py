@@ -99,14 +99,17 @@ def _roundtrip(j: Judged) -> dict[str, Any]:
     """The stage's model saved and restored by its engine (``mto.save`` / ``mto.restore``, or
     Torch-Pruning's for a Torch-Pruning subnet) into a freshly built model of the architecture it
     descends from, compared."""
-    from optcheck.checks.restore import assert_restore_roundtrip, pick_engine
+    from optcheck.checks.restore import ENGINES, assert_restore_roundtrip, pick_engine
     from optcheck.pipeline.checkpoints import fresh_model
 
     tol = {} if j.limit is True else {"atol": j.limit.atol, "rtol": j.limit.rtol}
     ctx, subject = j.run.ctx, j.subject
-    kind = j.run.stages[j.stage].kind
+    stage = j.run.stages[j.stage]
+    kind = stage.kind
     example = next(iter(ctx.test_loader))[0][:8].to(ctx.device)
-    engine = pick_engine(subject.model, fresh_model(ctx, subject.files, kind))
+    # the engine the stage's own checkpoint uses (a custom step declares it); else told from the model
+    engine = stage.checkpoint if stage.checkpoint in ENGINES else pick_engine(subject.model, fresh_model(
+        ctx, subject.files, kind))
     assert_restore_roundtrip(subject.model, lambda: fresh_model(ctx, subject.files, kind), example_input=example,
                              engine=engine, **tol)
     return {"roundtrip": "exact" if not tol else tol, "engine": engine}
@@ -176,6 +179,51 @@ def _latency(j: Judged, name: str) -> dict[str, Any]:
 _LATENCY: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()  # model -> (Settings, Latency)
 
 
+def _team_metric(j: Judged, name: str):
+    """The metric named ``name`` in ``[[metrics]]``, measured on the baseline and the judged stage."""
+    from optcheck.build.metrics import measure_metric
+
+    recipe = j.run.recipe
+    index, cfg = next((i, m) for i, m in enumerate(recipe.metrics) if m.name == name)
+    ctx = j.run.ctx
+    loader = ctx.test_loader if cfg.split == "test" else ctx.val_loader
+    base = measure_metric(cfg, index, j.baseline.model, loader, ctx.device, j.run.path)
+    cand = measure_metric(cfg, index, j.subject.model, loader, ctx.device, j.run.path)
+    return cfg, base, cand
+
+
+def _metric_drop(j: Judged, name: str) -> dict[str, Any]:
+    """A team metric's drop against the baseline, in its bad direction, with its paired interval when
+    it gives per-sample values (``core.metric_stats``); judged under ``budgets.accuracy_rule``."""
+    from optcheck.checks.team_metrics import assert_metric_drop_under
+    from optcheck.core.metric_stats import decide_metric, metric_drop
+
+    budgets = j.run.recipe.budgets
+    cfg, base, cand = _team_metric(j, name)
+    drop = metric_drop(name, cfg.better, base, cand, budgets.confidence)
+    from optcheck.core.limits import parse_percent
+
+    fraction = parse_percent(j.limit) if isinstance(j.limit, str) else None
+    limit = fraction * abs(drop.base) if fraction is not None else float(j.limit)
+    j.record.update({"metric": name, "baseline": drop.base, "candidate": drop.cand, "drop": drop.drop,
+                     "ci_low": drop.low, "ci_high": drop.high, "rule": budgets.accuracy_rule,
+                     "explain": decide_metric(drop, limit, budgets.accuracy_rule)[1]})
+    return assert_metric_drop_under(None, None, max_drop=j.limit, measured=drop, rule=budgets.accuracy_rule,
+                                    budget=f"metric_drop_under[{name}]")
+
+
+def _metric_bound(j: Judged, name: str, budget: str) -> dict[str, Any]:
+    from optcheck.checks.team_metrics import assert_metric_bound
+
+    cfg, base, cand = _team_metric(j, name)
+    j.record.update({"metric": name, "candidate": cand.value, "baseline": base.value})
+    out = assert_metric_bound(None, bound=j.limit, better=cfg.better, name=name, measured=cand.value,
+                              budget=f"{budget}[{name}]")
+    out["explain"] = (f"{name} ({cfg.better} is better): {cand.value:.6g} (baseline {base.value:.6g}) vs "
+                      f"{'floor' if budget == 'metric_at_least' else 'ceiling'} {j.limit:.6g}")
+    return out
+
+
 JUDGES: dict[str, Callable[[Judged], dict[str, Any]]] = {
     "baseline_accuracy_at_least": _floor,
     "flops_below": _flops,
@@ -188,6 +236,14 @@ JUDGES: dict[str, Callable[[Judged], dict[str, Any]]] = {
     "onnx_top1_agreement": lambda j: _onnx(j, "onnx_top1_agreement"),
     "speedup_at_least": lambda j: _latency(j, "speedup_at_least"),
     "latency_ratio_below": lambda j: _latency(j, "latency_ratio_below"),
+}
+
+
+# a team metric's budgets, one item per metric: ``metric_drop_under[<name>]``
+METRIC_JUDGES: dict[str, Callable[[Judged, str], dict[str, Any]]] = {
+    "metric_drop_under": _metric_drop,
+    "metric_at_least": lambda j, name: _metric_bound(j, name, "metric_at_least"),
+    "metric_at_most": lambda j, name: _metric_bound(j, name, "metric_at_most"),
 }
 
 
@@ -212,10 +268,13 @@ def check_budget(budget: str | tuple[str | None, str], run: RecipeRun,
     """
     __tracebackhide__ = True
     stage, name = (None, budget) if isinstance(budget, str) else budget
-    if name not in JUDGES:
+    base, _, metric = name.partition("[")
+    if base not in JUDGES and base not in METRIC_JUDGES:
         raise KeyError(f"unknown budget {name!r}")
-    limit = getattr(run.recipe.budgets.table(stage), name)
+    limit = run.recipe.budgets.table(stage).limit(name)
     target = run.final_stage() if stage is None else stage
     judged = Judged(run, target, limit, seed_runs or (lambda: [run]), record if record is not None else {},
                     benchmark, ship_series)
+    if metric:
+        return METRIC_JUDGES[base](judged, metric.rstrip("]"))
     return JUDGES[name](judged)

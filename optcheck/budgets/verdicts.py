@@ -46,6 +46,7 @@ def verdict_key(runs: list[Any], budget: str) -> str | None:
 
 # optcheck's code that measures and judges (the stage keys already hold the code that builds)
 JUDGE_CODE = ("checks/assertions.py", "checks/restore.py", "checks/failure.py", "checks/latency.py",
+              "checks/team_metrics.py", "core/metric_stats.py", "build/metrics.py",
               "checks/onnx_parity.py", "core/limits.py", "core/stats.py", "budgets/judges.py", "budgets/verdicts.py")
 
 

@@ -7,7 +7,7 @@ Nothing here knows about pytest or caching; ``pipeline.RecipeRun`` decides what 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 from collections.abc import Callable
@@ -37,6 +37,7 @@ class Metrics:
     seconds: float
     size_bytes: int | None = None  # parameters at their real bit-widths (``measure.weight_bytes``)
     sparsity: float | None = None  # zero share of the sparsified layers' weights; None: none sparsified
+    extra: dict[str, float] = field(default_factory=dict)  # the team's [[metrics]], by name (their split's value)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,4 +120,15 @@ class Context:
         test_acc, test_n = evaluate(model, self.test_loader, self.device)
         val_acc, val_n = evaluate(model, self.val_loader, self.device)
         return Metrics(test_acc, test_n, val_acc, val_n, count_flops(model, self.dummy_input()),
-                       count_params(model), file_bytes(path), seconds, weight_bytes(model), sparsity(model))
+                       count_params(model), file_bytes(path), seconds, weight_bytes(model), sparsity(model),
+                       self.team_metrics(model))
+
+    def team_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Every ``[[metrics]]`` of the recipe on ``model``, by name (``build.metrics``)."""
+        from optcheck.build.metrics import measure_metric
+
+        out = {}
+        for index, cfg in enumerate(getattr(self.recipe, "metrics", [])):
+            loader = self.test_loader if cfg.split == "test" else self.val_loader
+            out[cfg.name] = measure_metric(cfg, index, model, loader, self.device, str(self.recipe.path)).value
+        return out

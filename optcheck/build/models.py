@@ -108,12 +108,24 @@ def _torchvision(name: str, num_classes: int, options: dict, path: str) -> nn.Mo
         raise RecipeError(path, [Problem("model.name", f"torchvision has no classification model {name!r}",
                                          "any name from torchvision.models.list_models(module=torchvision.models)",
                                          f"did you mean {', '.join(near)}?" if near else "pick a listed name")])
-    for key in ("weights", "num_classes"):
-        if key in options:
-            raise RecipeError(path, [Problem(f"model.options.{key}", f"optcheck sets {key} itself (untrained "
-                                             "weights; the data's class count)", fix=f"remove {key} from model.options")])
+    if "num_classes" in options:
+        raise RecipeError(path, [Problem("model.options.num_classes", "optcheck sets num_classes itself (the data's "
+                                         "class count)", fix="remove num_classes from model.options")])
+    options = dict(options)
+    weights = None
+    if options.get("weights") is not None:  # trained weights, from the local hub cache only
+        from optcheck.build.weights import torchvision_weights
+
+        weights = torchvision_weights(name, str(options.pop("weights")), path)
+        classes = len(weights.meta.get("categories") or []) or num_classes
+        if classes != num_classes:
+            raise RecipeError(path, [Problem("model.options.weights", f"torchvision's {name} {weights.name} weights "
+                                             f"classify {classes} classes; the data has {num_classes}",
+                                             fix="use data with the weights' classes, or a checkpoint of your own "
+                                                 "fine-tuned model (model.checkpoint)")])
+    options.pop("weights", None)
     try:
-        return tvm.get_model(name, weights=None, num_classes=num_classes, **options)
+        return tvm.get_model(name, weights=weights, num_classes=num_classes, **options)
     except TypeError as exc:
         if "unexpected keyword argument" not in str(exc):
             raise

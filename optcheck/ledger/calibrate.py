@@ -46,6 +46,7 @@ from typing import Any, Callable
 MARGIN = 2.0
 ACC_FLOOR_IMAGES = 2
 REL_FLOOR = 0.01
+METRIC_FLOOR = 0.01  # a team metric's tolerance floor: 1% of its value (and 1e-4), absolute
 KERNELS = {"default": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
 _KNOBS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 
@@ -97,9 +98,13 @@ def derive(metric: str, values: list[float], *, exact: bool, test_n: int) -> Der
     """Reference (the middle of the observed range), tolerance and observed range of one metric."""
     lo, hi = min(values), max(values)
     ref = (lo + hi) / 2
-    if metric != "test_acc":
+    if metric in ("flops", "params", "ckpt_bytes"):
         ref = float(round(ref))
     dev = max(abs(v - ref) for v in values)
+    if metric not in ("test_acc", "flops", "params", "ckpt_bytes"):  # a team metric: absolute, as accuracy
+        ref = (lo + hi) / 2
+        dev = max(abs(v - ref) for v in values)
+        return Derived(ref, _round_up(max(METRIC_FLOOR * abs(ref), 1e-4, MARGIN * dev)), (lo, hi))
     if metric == "test_acc":
         tol = max(ACC_FLOOR_IMAGES / max(test_n, 1), MARGIN * dev)
     elif exact:
@@ -159,11 +164,12 @@ def calibration_entries(recipe: str, platform: str, runs: list[dict[str, Any]], 
             continue
         entry: dict[str, Any] = {}
         tolerance, observed = {}, {}
-        for metric in ("test_acc", "flops", "params", "ckpt_bytes"):
-            values = [float(m[metric] or 0) for m in ms]
+        team = sorted(set.intersection(*(set(m.get("extra") or {}) for m in ms)))
+        for metric in ("test_acc", "flops", "params", "ckpt_bytes", *team):
+            values = [float((m if metric in m else m["extra"])[metric] or 0) for m in ms]
             d = derive(metric, values, exact=exact(stage) and metric in ("flops", "params"),
                        test_n=int(ms[0]["test_n"]))
-            is_int = metric != "test_acc"
+            is_int = metric in ("flops", "params", "ckpt_bytes")
             entry[metric] = int(d.value) if is_int else round(d.value, 6)
             tolerance[metric] = d.tolerance
             observed[metric] = [int(d.observed[0]), int(d.observed[1])] if is_int else [

@@ -81,11 +81,17 @@ class LedgerError(OptcheckError):
 class Mismatch:
     metric: str
     measured: float
-    reference: float
+    reference: float | None
     rule: str
     observed: list | None = None  # the calibration's [min, max], if calibrated
 
     def render(self) -> str:
+        if self.reference is None:  # a team metric the entry does not hold yet
+            return f"{self.metric}: {self.measured:.6g} now; {self.rule}"
+        if self.metric not in METRICS:  # a team metric: absolute, in its own units
+            seen = f"; calibration saw {self.observed[0]:.6g}..{self.observed[1]:.6g}" if self.observed else ""
+            return (f"{self.metric}: {self.measured:.6g} now, {self.reference:.6g} in the ledger "
+                    f"({self.measured - self.reference:+.4g}; {self.rule}{seen})")
         if self.metric == "test_acc":
             delta = f"{(self.measured - self.reference) * 100:+.2f} pp"
             seen = (f"; calibration saw {self.observed[0] * 100:.2f}..{self.observed[1] * 100:.2f}%"
@@ -110,8 +116,9 @@ class Ledger:
 
 
 def load_ledger(path: Path, known_recipes: set[str] | dict[str, set[str] | None] | None = None,
-                display: str | None = None) -> Ledger:
-    """Read and validate the ledger; a missing file is an empty ledger. Raises ``LedgerError``."""
+                display: str | None = None, metrics: dict[str, set[str]] | None = None) -> Ledger:
+    """Read and validate the ledger; a missing file is an empty ledger. Raises ``LedgerError``.
+    ``metrics``: each recipe's team metric names (``[[metrics]]``), fields its entries may hold."""
     display = display or str(path)
     if not path.exists():
         return Ledger(path, display)
@@ -149,7 +156,8 @@ def load_ledger(path: Path, known_recipes: set[str] | dict[str, set[str] | None]
                                       "a stage name", "use the stage names of the recipe's plan (the first, "
                                       "then one per step)")
                 _expect_table(entry, display, text, where, "metric = value pairs")
-                ledger.entries[(recipe, platform, stage)] = _check_entry(entry, display, text, where)
+                team = (metrics or {}).get(recipe, set())
+                ledger.entries[(recipe, platform, stage)] = _check_entry(entry, display, text, where, team)
     return ledger
 
 
@@ -159,15 +167,17 @@ def _expect_table(value: Any, display: str, text: str, where: list[str], what: s
                           "write entries as [recipe.platform.stage] tables")
 
 
-def _check_entry(entry: dict, display: str, text: str, where: list[str]) -> dict[str, Any]:
+def _check_entry(entry: dict, display: str, text: str, where: list[str], team: set[str] = frozenset()) -> dict[str, Any]:
     name = ".".join(where)
     if "phase" in entry:
         return _check_zoo_entry(entry, display, text, where)
+    measured = (*METRICS, *sorted(team))
     for key, value in entry.items():
         line = _line(text, where, key)
-        if key not in FIELDS:
+        if key not in FIELDS and key not in team:
             raise LedgerError(display, line, f"unknown field '{key}' in [{name}]",
-                              f"fields are {', '.join(FIELDS)}")
+                              f"fields are {', '.join(FIELDS)}" + (f", and the recipe's metrics {', '.join(sorted(team))}"
+                                                                    if team else ""))
         if key in ("flops", "params", "ckpt_bytes"):
             ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
             want = "a whole number >= 0"
@@ -177,18 +187,20 @@ def _check_entry(entry: dict, display: str, text: str, where: list[str]) -> dict
         elif key == "calibration":
             ok, want = isinstance(value, str), "a string saying how the tolerances were measured"
         elif key == "tolerance":
-            ok = isinstance(value, dict) and set(value) <= set(METRICS) and all(
+            ok = isinstance(value, dict) and set(value) <= set(measured) and all(
                 _number(v) and v >= 0 and (k != "test_acc" or v <= 1) for k, v in value.items())
             want = ("an inline table of metric = tolerance >= 0 over test_acc (absolute), flops, params, "
                     "ckpt_bytes (relative), e.g. { test_acc = 0.01, flops = 0.05 }")
         elif key == "observed":
-            ok = isinstance(value, dict) and set(value) <= set(METRICS) and all(
+            ok = isinstance(value, dict) and set(value) <= set(measured) and all(
                 isinstance(v, list) and len(v) == 2 and all(_number(x) for x in v) and v[0] <= v[1]
                 for v in value.values())
             want = "an inline table of metric = [min, max], e.g. { flops = [100, 120] }"
         elif key == "written_by":
             ok = isinstance(value, dict) and all(isinstance(v, (str, int)) for v in value.values())
             want = "an inline table of the numerics fingerprint (cpu, capability, isa, threads, torch, ...)"
+        elif key in team:
+            ok, want = _number(value) and math.isfinite(value), "the metric's value (a finite number)"
         else:
             ok = _number(value) and value >= 0 and (key != "test_acc" or value <= 1)
             want = "a fraction in [0, 1]" if key == "test_acc" else "a number >= 0"
@@ -271,31 +283,42 @@ def _rule(metric: str, tol: float) -> str:
         return "must match exactly"
     if metric == "test_acc":
         return f"tolerance +-{tol * 100:.2f} pp"
+    if metric not in METRICS:
+        return f"tolerance +-{tol:.4g}"
     return f"tolerance +-{tol * 100:.3g}%"
 
 
-def compare(entry: dict[str, Any], measured: dict[str, Any], defaults: dict[str, float]) -> list[Mismatch]:
-    """What differs between ``measured`` and the ledger ``entry``, under the entry's tolerances."""
+def compare(entry: dict[str, Any], measured: dict[str, Any], defaults: dict[str, float],
+            team: tuple[str, ...] = ()) -> list[Mismatch]:
+    """What differs between ``measured`` and the ledger ``entry``, under the entry's tolerances.
+    ``team``: the recipe's own metrics (absolute tolerances, as ``test_acc``)."""
     tol = tolerances(entry, defaults)
     observed = entry.get("observed", {})
     out = []
-    for metric in METRICS:
-        now, ref = measured.get(metric), entry[metric]
+    for metric in (*METRICS, *team):
+        now, ref = measured.get(metric), entry.get(metric)
+        if metric in team and ref is None:
+            if now is not None:
+                out.append(Mismatch(metric, now, None, "not in the ledger entry yet (record it with "
+                                    "--optcheck-update)", None))
+            continue
         if now is None or (metric == "ckpt_bytes" and not ref):
             continue
-        allowed = tol.get(metric, 0.0) * (1 if metric == "test_acc" else abs(ref))
+        absolute = metric == "test_acc" or metric in team
+        allowed = tol.get(metric, 0.0) * (1 if absolute else abs(ref))
         if abs(now - ref) > allowed + 1e-9 * max(1.0, abs(ref)):
-            shown = now if metric == "test_acc" else int(now)
+            shown = now if absolute else int(now)
             out.append(Mismatch(metric, shown, ref, _rule(metric, tol.get(metric, 0.0)), observed.get(metric)))
     return out
 
 
 def new_entry(measured: dict[str, Any], old: dict[str, Any] | None, defaults: dict[str, float],
-              fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
+              fingerprint: dict[str, Any] | None = None, team: tuple[str, ...] = ()) -> dict[str, Any]:
     """The entry that accepts ``measured``; the tolerances, calibration and known_failure of ``old``
     are kept (new entries take ``defaults``)."""
     entry: dict[str, Any] = {"test_acc": round(float(measured["test_acc"]), 6), "flops": int(measured["flops"]),
                              "params": int(measured["params"]), "ckpt_bytes": int(measured.get("ckpt_bytes") or 0)}
+    entry.update({name: float(f"{float(measured[name]):.6g}") for name in team if measured.get(name) is not None})
     entry["tolerance"] = {k: _round(v) for k, v in (tolerances(old, defaults) if old else defaults).items()}
     for key in ("observed", "calibration", "known_failure"):
         if old and key in old:
@@ -386,12 +409,14 @@ class Judgement:
     reference: dict[str, Any] | None = None
     mismatches: list[Mismatch] = field(default_factory=list)
 
-    def details(self, measured: dict[str, Any]) -> dict[str, Any]:
+    def details(self, measured: dict[str, Any], team: tuple[str, ...] = ()) -> dict[str, Any]:
         ref = self.reference or {}
+        keys = (*METRICS, *team)
         return {
-            "measured": {k: measured.get(k) for k in METRICS},
-            "reference": {k: ref.get(k) for k in METRICS} if ref else None,
-            "delta": {k: measured[k] - ref[k] for k in METRICS if ref and measured.get(k) is not None} if ref else None,
+            "measured": {k: measured.get(k) for k in keys},
+            "reference": {k: ref.get(k) for k in keys} if ref else None,
+            "delta": {k: measured[k] - ref[k] for k in keys
+                      if ref and measured.get(k) is not None and ref.get(k) is not None} if ref else None,
             "tolerance": tolerances(ref, {}) if ref else None,
             "mismatches": [m.render() for m in self.mismatches],
             "updated": self.update is not None,
@@ -403,7 +428,12 @@ def defaults_for(recipe, exact_architecture: bool) -> dict[str, float]:
     exact when the recipe alone decides the stage's architecture."""
     d = recipe.ledger
     arch = 0.0 if exact_architecture else d.architecture_tolerance
-    return {"test_acc": d.accuracy_tolerance, "flops": arch, "params": arch, "ckpt_bytes": d.bytes_tolerance}
+    return {"test_acc": d.accuracy_tolerance, "flops": arch, "params": arch, "ckpt_bytes": d.bytes_tolerance,
+            **{m.name: d.metric_tolerance for m in getattr(recipe, "metrics", [])}}
+
+
+def team_metrics(recipe) -> tuple[str, ...]:
+    return tuple(m.name for m in getattr(recipe, "metrics", []))
 
 
 def judge(ledger: Ledger, recipe, platform: str, stage: str, measured: dict[str, Any],
@@ -418,9 +448,11 @@ def judge(ledger: Ledger, recipe, platform: str, stage: str, measured: dict[str,
 
     name = f"[{recipe.name}.{platform}.{stage}]"
     defaults = defaults_for(recipe, exact_architecture)
+    team = team_metrics(recipe)
+    measured = {**measured, **(measured.get("extra") or {})}  # the team's metrics beside optcheck's
     entry = ledger.entry(recipe.name, platform, stage)
     if entry is None:
-        new = new_entry(measured, None, defaults, fingerprint)
+        new = new_entry(measured, None, defaults, fingerprint, team)
         if update == "all":
             return Judgement(update=new)
         if update == "failed":
@@ -431,9 +463,9 @@ def judge(ledger: Ledger, recipe, platform: str, stage: str, measured: dict[str,
         return Judgement(f"{name} has no entry in the ledger {ledger.display}: record the current values "
                          f"with `pytest --optcheck --optcheck-update` (or measure tolerances with "
                          f"`--optcheck-calibrate 8`), review the diff and commit the ledger")
-    mismatches = compare(entry, measured, defaults)
-    accepted = new_entry(measured, entry, defaults, fingerprint)
-    changed = any(accepted[k] != entry.get(k) for k in METRICS)
+    mismatches = compare(entry, measured, defaults, team)
+    accepted = new_entry(measured, entry, defaults, fingerprint, team)
+    changed = any(accepted.get(k) != entry.get(k) for k in (*METRICS, *team))
     if update == "all":
         return Judgement(update=accepted if changed else None, reference=entry, mismatches=mismatches)
     if not mismatches:

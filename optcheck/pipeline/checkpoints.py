@@ -23,15 +23,24 @@ def entry_meta(artifact: Artifact) -> dict[str, Any]:
     return {"metrics": artifact.metrics.as_dict(), "info": jsonsafe(artifact.info)}
 
 
-def load_model(ctx: Context, kind, files: dict[str, Path]) -> nn.Module:
-    """A stage's model from its files, restored into a freshly built model: the kind's own loader, or
-    ``mto.restore`` of its ``checkpoint`` file (into the architecture it descends from)."""
-    if kind.load is not None:
-        return kind.load(ctx, files)
+def load_model(ctx: Context, stage, files: dict[str, Path]) -> nn.Module:
+    """A stage's model (``stage``: its ``steps.registry.Stage``) from its files, restored into a freshly
+    built model: the kind's own loader when it has one (and it returns a model), else by the stage's
+    checkpoint: a state dict loaded, or ``mto.restore`` (into the architecture it descends from)."""
+    if stage.kind.load is not None:
+        model = stage.kind.load(ctx, files, stage.step)
+        if model is not None:
+            return model
+    fresh = fresh_model(ctx, files, stage.kind)
+    if stage.checkpoint == "state_dict":
+        import torch
+
+        fresh.load_state_dict(torch.load(files["state_dict"], map_location=ctx.device, weights_only=True))
+        return fresh
     from optcheck.core.compat import import_modelopt
 
     _, mto, _ = import_modelopt()
-    return mto.restore(fresh_model(ctx, files, kind), files[kind.checkpoint], map_location=ctx.device)
+    return mto.restore(fresh, files[stage.checkpoint], map_location=ctx.device)
 
 
 def architecture_files(files: dict[str, Path]) -> dict[str, Path]:
@@ -50,13 +59,13 @@ def fresh_model(ctx: Context, files: dict[str, Path], kind=None) -> nn.Module:
 
     for other in KINDS.values():
         if other.architecture and other is not kind and other.checkpoint in files:
-            return other.load(ctx, files)
+            return other.load(ctx, files, None)
     return ctx.make_model()
 
 
-def load_artifact(ctx: Context, stage: str, kind, files: dict[str, Path], meta: dict[str, Any],
+def load_artifact(ctx: Context, stage, files: dict[str, Path], meta: dict[str, Any],
                   load: Callable[[], nn.Module] | None = None) -> Artifact:
-    """An ``Artifact`` from a verified cache entry (the inverse of ``entry_meta`` + files); its model
-    is loaded on first use, by ``load`` (default: ``load_model``)."""
-    return Artifact(stage, None, Metrics(**meta["metrics"]), files[kind.checkpoint], dict(files),
-                    meta.get("info", {}), load=load or (lambda: load_model(ctx, kind, files)))
+    """An ``Artifact`` of ``stage`` (its ``Stage``) from a verified cache entry (the inverse of
+    ``entry_meta`` + files); its model is loaded on first use, by ``load`` (default: ``load_model``)."""
+    return Artifact(stage.name, None, Metrics(**meta["metrics"]), files[stage.checkpoint], dict(files),
+                    meta.get("info", {}), load=load or (lambda: load_model(ctx, stage, files)))

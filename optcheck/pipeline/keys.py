@@ -23,12 +23,14 @@ from optcheck.core.hashing import code_digest, digest, file_digest
 
 import hashlib
 import inspect
+import re
 from typing import Any
 
 # optcheck's code that decides what an artifact contains (``core.hashing.code_digest``): editing it
 # invalidates the cache; editing a report or a budget's judge does not rebuild anything
 BUILD_CODE = ("build", "steps", "core/compat.py", "core/numerics.py", "pipeline/run.py", "pipeline/checkpoints.py")
 _NOT_IN_KEY = {"root"}
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 def optcheck_build_id() -> str:
@@ -164,19 +166,36 @@ def stage_keys(recipe, data_bundle, device, seed: int,
         out[stage] = {**material, "key": digest(material)}
 
     for stage in plan(recipe):
+        root = stage.name if stage.parent is None else next(iter(out))  # the baseline: the first stage
+        extra = stage.kind.key(recipe, stage.step, out, root) if stage.kind.key is not None else {}
         if stage.parent is None:
             add(stage.name, {
                 "seed": seed, "data": recipe.data.model_dump(exclude=_NOT_IN_KEY),
                 "data_fingerprint": data_fingerprint(data_bundle), "data_factory": source_digest(recipe.data.dataset),
-                "model": recipe.model.model_dump(), "model_factory": source_digest(recipe.model.name),
-                "train": recipe.train.model_dump(),
+                "model": recipe.model.model_dump(exclude={"checkpoint"}), "model_factory": source_digest(recipe.model.name),
+                "train": recipe.train.model_dump(), "metrics": metrics_material(recipe),
+                "team_code": team_code(recipe.train.model_dump()), **extra,
             })
             continue
-        root = next(iter(out))  # the baseline: the first stage of every plan
-        extra = stage.kind.key(recipe, stage.step, out, root) if stage.kind.key is not None else {}
-        add(stage.name, {"after": out[stage.parent]["key"], "kind": stage.kind.kind,
-                         "step": stage.step.model_dump(exclude={"name"}), **extra})
+        table = stage.step.model_dump(exclude={"name"})
+        add(stage.name, {"after": out[stage.parent]["key"], "kind": stage.kind.kind, "step": table,
+                         "team_code": team_code(table), **extra})
     return out
+
+
+def team_code(table: dict[str, Any]) -> dict[str, str | None]:
+    """The source hash of every ``package.module:function`` a table names (a training function, a score,
+    a forward loop, a compression function): editing the team's code rebuilds what it built."""
+    out = {}
+    for field, value in table.items():
+        if isinstance(value, str) and _FACTORY.match(value) and not value.startswith("torchvision:"):
+            out[field] = source_digest(value)
+    return out
+
+
+def metrics_material(recipe) -> list[dict[str, Any]]:
+    """The team's metrics (measured on every stage, kept with its metrics): their tables and sources."""
+    return [{**m.model_dump(), "source": source_digest(m.function)} for m in getattr(recipe, "metrics", [])]
 
 
 def stage_lineage(recipe, seed: int) -> dict[str, str]:
@@ -190,7 +209,8 @@ def stage_lineage(recipe, seed: int) -> dict[str, str]:
     for stage in plan(recipe):
         if stage.parent is None:
             out[stage.name] = digest({"seed": seed, "data": recipe.data.model_dump(exclude=_NOT_IN_KEY),
-                                      "model": recipe.model.model_dump(), "train": recipe.train.model_dump()})
+                                      "model": recipe.model.model_dump(), "train": recipe.train.model_dump(),
+                                      "metrics": [m.model_dump() for m in getattr(recipe, "metrics", [])]})
         else:
             out[stage.name] = digest({"after": out[stage.parent], "kind": stage.kind.kind,
                                       "step": stage.step.model_dump(exclude={"name"})})

@@ -285,11 +285,11 @@ class RecipeRun:
         self.prepare()
         with self.store.timed():
             material = self.keys[stage]
-        kind = self.stages[stage].kind
+        plan = self.stages[stage]
 
         def read(entry):
             self.log(f"{self.recipe.name}: {stage} from cache ({self.cache.show(entry.path)})")
-            return checkpoints.load_artifact(self.ctx, stage, kind, entry.files, entry.meta,
+            return checkpoints.load_artifact(self.ctx, plan, entry.files, entry.meta,
                                              load=lambda: self._load_model(stage, entry, parent))
 
         def write(artifact, _folder):
@@ -313,7 +313,7 @@ class RecipeRun:
 
         try:
             with library_noise():
-                return checkpoints.load_model(self.ctx, self.stages[stage].kind, entry.files)
+                return checkpoints.load_model(self.ctx, self.stages[stage], entry.files)
         except Exception as exc:
             self.cache.quarantine(entry.path, f"it could not be loaded ({type(exc).__name__}: {exc})")
         # built here, not through get_or_build: an entry that quarantine could not move would be found again
@@ -356,7 +356,7 @@ class RecipeRun:
             above = self.stages[plan.parent] if plan.parent else None
             given = None if parent is None else Artifact(
                 parent.stage, None, parent.metrics, parent.path, parent.files, parent.info,
-                load=lambda: load_model(ctx, above.kind, parent.files))
+                load=lambda: load_model(ctx, above, parent.files))
             artifact = plan.kind.build(StepRun(ctx, plan, self.artifact, self.root_stage()), given)
             if parent is not None:  # carried along: its own checkpoint restores into that architecture
                 artifact.files = {**architecture_files(parent.files), **artifact.files}
@@ -373,7 +373,7 @@ class RecipeRun:
 
             artifact = self.artifact(stage)
             with library_noise():
-                self._roundtrips[stage] = load_model(self.ctx, self.stages[stage].kind, artifact.files)
+                self._roundtrips[stage] = load_model(self.ctx, self.stages[stage], artifact.files)
         return self._roundtrips[stage]
 
 

@@ -388,7 +388,10 @@ class LedgerItem(_CheckItem):
         platform = run.ctx.device.type
         verdict = judge(state.ledger, run.recipe, platform, self.stage, measured, state.update,
                         exact_architecture=run.fixed_architecture(self.stage), fingerprint=run.fingerprint())
-        details = verdict.details(measured)
+        from optcheck.ledger.entries import team_metrics
+
+        measured = {**measured, **(measured.get("extra") or {})}
+        details = verdict.details(measured, team_metrics(run.recipe))
         state.ledger_checks.setdefault(state.relpath(run.recipe.path), {})[self.stage] = {
             **details, "platform": platform, "failure": verdict.failure}
         if verdict.update is not None:

@@ -25,6 +25,9 @@ def export(state) -> dict[str, Any]:
             stages[stage] = {"metrics": art.metrics.as_dict(), "events": [event]}
             if art.info.get("iterations"):  # a step that works in iterations: one row per iteration
                 stages[stage]["iterations"] = art.info["iterations"]
+            for key in ("loaded_from", "sha256"):  # a trained baseline's origin
+                if art.info.get(key):
+                    stages[stage][key] = art.info[key]
         runs[rel] = {
             "recipe": run.recipe.name, "path": rel, "seed": run.seed,
             "device": run.ctx.device.type if run.has_ctx else state.device,
@@ -32,6 +35,8 @@ def export(state) -> dict[str, Any]:
             "cache_seconds": {state.worker: round(run.cache_seconds, 4)},
             "budgets": {budget_id(stage, b): _limit_of(run.recipe, stage, b) for stage, b in run.recipe.budgets.refs()},
             "order": run.available_stages(),
+            "primary_metric": next(({"name": m.name, "better": m.better} for m in run.recipe.metrics if m.primary),
+                                   None),
             "ledger": state.ledger_checks.get(rel, {}),
         }
     # through JSON: plain str, int, float only. jsonsafe keeps str subclasses such as the
@@ -54,8 +59,9 @@ def merged(state) -> tuple[list[dict[str, Any]], dict[tuple[str, str, str], dict
             for stage, info in run["stages"].items():
                 have = mine["stages"].setdefault(stage, {"metrics": info["metrics"], "events": []})
                 have["events"] += info["events"]
-                if info.get("iterations"):
-                    have["iterations"] = info["iterations"]
+                for key in ("iterations", "loaded_from", "sha256"):
+                    if info.get(key):
+                        have[key] = info[key]
             mine["ledger"].update(run.get("ledger", {}))
         for recipe, platform, stage, entry in part.get("ledger_updates", []):
             updates[(recipe, platform, stage)] = entry
@@ -82,7 +88,7 @@ def _check_order(check: str, budgets: list[str], stages: list[str]) -> tuple:
 
 
 def _limit_of(recipe, stage: str | None, budget: str) -> Any:
-    value = getattr(recipe.budgets.table(stage), budget)
+    value = recipe.budgets.table(stage).limit(budget)
     return value.model_dump() if hasattr(value, "model_dump") else value
 
 

@@ -88,7 +88,7 @@ def open_ledger(config: pytest.Config, roots: list[Path]):
     except ValueError:
         display = str(path)
     try:
-        return load_ledger(path, known_recipe_names(roots, path), display)
+        return load_ledger(path, known_recipe_names(roots, path), display, metrics=recipe_metric_names(roots, path))
     except LedgerError as exc:
         raise pytest.UsageError(str(exc)) from None
 
@@ -133,6 +133,25 @@ def known_recipe_names(roots: list[Path], ledger: Path) -> dict[str, set[str] | 
             f"keeps its entries by recipe name, so they would share them. Give one of them its own "
             f"top-level name = \"...\" (or rename the file), or run with --optcheck-ledger off")
     return names
+
+
+def recipe_metric_names(roots: list[Path], ledger: Path) -> dict[str, set[str]]:
+    """Name -> the team metric names (``[[metrics]] name``) of every recipe file under the roots: the
+    fields its ledger entries may hold besides optcheck's."""
+    out: dict[str, set[str]] = {}
+    for root in roots:
+        files = [root] if root.is_file() else sorted(root.rglob("*.toml")) if root.is_dir() else []
+        for f in files:
+            if f.resolve() == ledger.resolve():
+                continue
+            try:
+                raw = tomllib.loads(f.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+                continue
+            name = raw.get("name") if isinstance(raw.get("name"), str) else f.stem
+            metrics = raw.get("metrics") if isinstance(raw.get("metrics"), list) else []
+            out[name] = {m["name"] for m in metrics if isinstance(m, dict) and isinstance(m.get("name"), str)}
+    return out
 
 
 def _is_zoo_file(path: Path) -> bool:

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, field_validator, model_validator
 
 from optcheck.steps import registry as step_registry
-from optcheck.core.limits import parse_percent
+from optcheck.core.limits import check_limit, parse_percent
 from optcheck.core.stats import agreement_halfwidth
 from optcheck.recipes.fields import SEED_MAX, check_recipe_name, file_safe
 from optcheck.core.schema import Limit, limit_fields, Strict as _Strict
@@ -28,6 +28,9 @@ STAGE_BUDGETS = (
     "size_below",
     "sparsity_at_least",
     "accuracy_drop_under",
+    "metric_drop_under",
+    "metric_at_least",
+    "metric_at_most",
     "restore_roundtrip",
     "onnx_max_abs_diff",
     "onnx_top1_agreement",
@@ -35,6 +38,7 @@ STAGE_BUDGETS = (
     "latency_ratio_below",
 )
 LATENCY_BUDGETS = ("speedup_at_least", "latency_ratio_below")
+METRIC_BUDGETS = ("metric_drop_under", "metric_at_least", "metric_at_most")  # one item per team metric named
 BUDGETS = ("baseline_accuracy_at_least",) + STAGE_BUDGETS
 JUDGED_ONLY = ("flops_below", "params_below", "size_below", "sparsity_at_least", "accuracy_drop_under",
                "onnx_max_abs_diff", "onnx_top1_agreement", "speedup_at_least", "latency_ratio_below")
@@ -92,9 +96,19 @@ class DataConfig(_Strict):
         return self
 
 
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth")
+
+
 class ModelConfig(_Strict):
     name: str = "resnet20"
     options: dict[str, Any] = {}
+    checkpoint: str | None = Field(None, description="trained weights: a state dict file (.safetensors, or "
+                                   ".pt / .pth read with weights_only=True), relative to the recipe's folder; "
+                                   "the baseline is loaded, not trained")
+    checkpoint_key: str | None = Field(None, description="the entry of a .pt / .pth dict that holds the state "
+                                       "dict (e.g. 'model' for torch.save({'model': ..., 'optimizer': ...}))")
+    pretrained: bool = Field(False, description="the factory returns a trained model: the baseline is built, "
+                                                "not trained")
 
     @field_validator("name")
     @classmethod
@@ -103,6 +117,29 @@ class ModelConfig(_Strict):
             return v
         raise ValueError(f"unknown model {v!r}")
 
+    @model_validator(mode="after")
+    def _one_source_of_weights(self) -> "ModelConfig":
+        if self.checkpoint is not None and not self.checkpoint.lower().endswith(CHECKPOINT_SUFFIXES):
+            raise ValueError(f"@checkpoint: {self.checkpoint!r} is neither .safetensors nor .pt / .pth || fix: save the "
+                             "model's state dict with safetensors.torch.save_file (no pickle) or torch.save")
+        if self.checkpoint_key is not None and self.checkpoint is None:
+            raise ValueError("@checkpoint_key: checkpoint_key without a checkpoint || fix: set checkpoint, or remove "
+                             "checkpoint_key")
+        weights = "weights" in self.options and self.name.startswith("torchvision:")
+        given = [n for n, on in (("checkpoint", self.checkpoint is not None), ("pretrained", self.pretrained),
+                                 ("options.weights", weights)) if on]
+        if len(given) > 1:
+            raise ValueError(f"@{given[1]}: {' and '.join(given)} both say where the trained weights come from || "
+                             f"fix: keep one of them")
+        return self
+
+    @property
+    def trained(self) -> bool:
+        """Whether the baseline comes trained (a checkpoint, a pretrained factory, torchvision weights)
+        rather than trained by ``[train]``."""
+        return self.checkpoint is not None or self.pretrained or (
+            self.name.startswith("torchvision:") and "weights" in self.options)
+
 
 class TrainConfig(_Strict):
     epochs: int = Field(10, ge=1)
@@ -110,6 +147,17 @@ class TrainConfig(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
     warmup_epochs: float = Field(1.0, ge=0)
+    function: str | None = Field(None, description="your training loop, 'package.module:function', called as "
+                                 "function(model, training) to train the baseline (and every finetune step that "
+                                 "names none); default: optcheck's SGD loop")
+    options: dict[str, Any] = Field({}, description="passed to your training function as training.options")
+
+    @field_validator("function")
+    @classmethod
+    def _factory(cls, v: str | None) -> str | None:
+        if v is None or FACTORY.match(v):
+            return v
+        raise ValueError(f"{v!r} is not 'package.module:function'")
 
     @model_validator(mode="after")
     def _warmup_inside(self) -> "TrainConfig":
@@ -139,6 +187,11 @@ class StageBudgets(_Strict):
                                             "layers' weights (0.5 = 2:4)")
     accuracy_drop_under: float | None = Field(None, ge=0, lt=1, description="test accuracy drop against the "
                                               "baseline, a fraction; a drop of 1 (100 pp) cannot be exceeded")
+    metric_drop_under: dict[str, Limit] = Field(
+        {}, description="per team metric ([[metrics]] name = limit): how much worse than the baseline's value, "
+        "in the metric's bad direction: an absolute amount (0.02) or 'N%' of the baseline's value")
+    metric_at_least: dict[str, float] = Field({}, description="floors of higher-is-better metrics")
+    metric_at_most: dict[str, float] = Field({}, description="ceilings of lower-is-better metrics")
     restore_roundtrip: bool | RoundtripBudget | None = Field(
         None, description="mto.save then mto.restore into a freshly built model reproduces the stage's model")
     onnx_max_abs_diff: float | None = Field(None, ge=0, allow_inf_nan=False, description="largest absolute "
@@ -157,6 +210,20 @@ class StageBudgets(_Strict):
 
     _limits = limit_fields("flops_below", "params_below", "size_below")
 
+    @field_validator("metric_drop_under", mode="before")
+    @classmethod
+    def _metric_limits(cls, v: object) -> object:
+        if isinstance(v, dict):
+            for name, limit in v.items():
+                if isinstance(limit, (int, float)) and not isinstance(limit, bool) and limit == 0:
+                    continue  # 0: the strictest budget (no drop at all), not a missing one
+                try:
+                    check_limit(limit)
+                except ValueError as exc:
+                    raise ValueError(f"@metric_drop_under.{name}: {exc} || fix: an amount >= 0, or 'N%' of the "
+                                     "baseline's value") from None
+        return v
+
     @model_validator(mode="after")
     def _can_fail(self) -> "StageBudgets":
         for name in ("flops_below", "params_below", "size_below"):
@@ -172,9 +239,23 @@ class StageBudgets(_Strict):
         return self
 
     def active(self) -> list[str]:
-        """This table's budget names in schema order; ``restore_roundtrip = false`` is off."""
+        """This table's budget names in schema order, a team metric's as ``metric_drop_under[<name>]``;
+        ``restore_roundtrip = false`` is off."""
         # a budget of 0 is the strictest budget, not a missing one (0 == False in Python)
-        return [name for name in STAGE_BUDGETS if getattr(self, name) is not None and getattr(self, name) is not False]
+        out = []
+        for name in STAGE_BUDGETS:
+            value = getattr(self, name)
+            if name in METRIC_BUDGETS:
+                out += [f"{name}[{metric}]" for metric in value]
+            elif value is not None and value is not False:
+                out.append(name)
+        return out
+
+    def limit(self, budget: str) -> Any:
+        """The limit of ``budget`` as ``active`` names it (``metric_drop_under[f1]`` -> its entry)."""
+        name, _, metric = budget.partition("[")
+        value = getattr(self, name)
+        return value[metric.rstrip("]")] if metric else value
 
 
 class Budgets(StageBudgets):
@@ -249,6 +330,8 @@ class LedgerDefaults(_Strict):
     architecture_tolerance: float = Field(
         0.10, ge=0, description="relative, two-sided, for FLOPs and params of a searched stage (the "
         "baseline's are exact); 0.10 covers the 37.2M..40.4M FLOPs spread measured on the digits recipe")
+    metric_tolerance: float = Field(0.02, ge=0, description="absolute, two-sided, for each team metric "
+                                    "([[metrics]]) until calibrated")
 
 
 class LatencyConfig(_Strict):
@@ -287,6 +370,39 @@ class PropertiesConfig(_Strict):
         return v
 
 
+METRIC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RESERVED_METRICS = ("test_acc", "val_acc", "accuracy", "flops", "params", "ckpt_bytes", "size_bytes", "sparsity",
+                    "seconds", "test_n", "val_n")
+
+
+class MetricConfig(_Strict):
+    """A team's quality metric, measured on every stage beside top-1 accuracy (``build.metrics``)."""
+
+    name: str = Field(description="how tables, budgets and the ledger name it (letters, digits, _)")
+    function: str = Field(description="'package.module:function', called as function(model, loader, device, "
+                          "**options) with the model in eval mode under no_grad: one number, or one value per sample")
+    better: Literal["higher", "lower"] = Field(description="which direction is better")
+    split: Literal["test", "val"] = "test"
+    primary: bool = Field(False, description="the recipe's headline metric: the plot's y axis")
+    options: dict[str, Any] = {}
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not METRIC_NAME.match(v) or len(v) > 40:
+            raise ValueError(f"{v!r}: use letters, digits and _ (it names table columns, budgets and ledger fields)")
+        if v in RESERVED_METRICS:
+            raise ValueError(f"{v!r} is optcheck's own field: name your metric otherwise")
+        return v
+
+    @field_validator("function")
+    @classmethod
+    def _factory(cls, v: str) -> str:
+        if FACTORY.match(v):
+            return v
+        raise ValueError(f"{v!r} is not 'package.module:function'")
+
+
 class Recipe(_Strict):
     name: str
     description: str = ""
@@ -301,6 +417,7 @@ class Recipe(_Strict):
     budgets: Budgets
     latency: LatencyConfig = LatencyConfig()
     properties: PropertiesConfig | None = None
+    metrics: list[MetricConfig] = Field([], description="[[metrics]]: the team's quality metrics besides top-1")
     ledger: LedgerDefaults = LedgerDefaults()
     path: Path | None = Field(None, exclude=True)
 
@@ -321,6 +438,27 @@ class Recipe(_Strict):
             if self.seed is not None and self.seed != self.seeds[0]:
                 raise ValueError(f"@seeds: seed = {self.seed} and seeds = {self.seeds}: give one of them (with seeds, "
                                  f"the first one is the recipe's seed) || fix: remove seed")
+        declared = {m.name: m for m in self.metrics}
+        if len(declared) != len(self.metrics):
+            twice = next(m.name for m in self.metrics if [x.name for x in self.metrics].count(m.name) > 1)
+            raise ValueError(f"@metrics: two metrics are named {twice!r} || fix: give each its own name")
+        if sum(m.primary for m in self.metrics) > 1:
+            raise ValueError("@metrics: more than one metric has primary = true || fix: keep one headline metric")
+        for stage, table in [("", self.budgets), *((f".{s}", t) for s, t in self.budgets.stages.items())]:
+            for budget in METRIC_BUDGETS:
+                for name in getattr(table, budget):
+                    where = f"budgets{stage}.{budget}.{name}"
+                    if name not in declared:
+                        near = difflib.get_close_matches(name, list(declared), n=1)
+                        raise ValueError(f"@{where}: there is no metric {name!r} in [[metrics]] || fix: "
+                                         + (f"did you mean {near[0]!r}?" if near else
+                                            "declare it in a [[metrics]] table (name, function, better)"))
+                    better = declared[name].better
+                    if (budget, better) in (("metric_at_least", "lower"), ("metric_at_most", "higher")):
+                        other = "metric_at_most" if budget == "metric_at_least" else "metric_at_least"
+                        raise ValueError(f"@{where}: {name} is {better}-is-better, so {budget} would hold a bound on "
+                                         f"its good side || fix: use {other}.{name} (a "
+                                         f"{'ceiling' if better == 'lower' else 'floor'})")
         names = [stage.name for stage in step_registry.plan(self)]
         for i, step in enumerate(self.steps):
             if step.name is not None and not file_safe(step.name, 60):

@@ -33,6 +33,40 @@ def flops_limit(limit: Any, baseline_flops: float) -> float | None:
     return frac * baseline_flops if frac is not None else float(limit)
 
 
+def _finish_panel(ax, r: dict[str, Any]) -> None:
+    ax.set_xlabel("FLOPs (millions, lower is better)")
+    verdicts = r.get("verdicts", {})
+    failed = [c for c, v in verdicts.items() if v["outcome"] in ("failed", "error", "xpassed")]
+    status = "all checks passed" if verdicts and not failed else (f"failed: {', '.join(failed)}" if failed else "")
+    ax.set_title(f"{r['recipe']}\n{status}", fontsize=10, color="tab:red" if failed else "black")
+    ax.grid(alpha=0.3)
+    ax.set_xlim(left=0)
+    ax.legend(fontsize=7.5, loc="best")
+
+
+def _team_panel(ax, r: dict[str, Any], stages: dict[str, dict], primary: dict[str, str]) -> None:
+    """The recipe's primary metric against FLOPs, with the bound its drop budget puts on the final model."""
+    name, better = primary["name"], primary["better"]
+    xs = [m["flops"] / 1e6 for m in stages.values()]
+    ys = [m["extra"][name] for m in stages.values()]
+    ax.plot(xs, ys, color="0.7", linewidth=1, zorder=1)
+    for position, (stage, m) in enumerate(stages.items()):
+        marker, color = _style(position, len(stages))
+        ax.scatter([xs[position]], [ys[position]], marker=marker, color=color, s=140 if marker == "*" else 70,
+                   zorder=3, label=f"{stage}: {name} {ys[position]:.4g}, {xs[position]:.1f}M FLOPs")
+    budgets = r.get("budgets", {})
+    limit = budgets.get(f"metric_drop_under[{name}]")
+    if isinstance(limit, (int, float)):
+        bound = ys[0] - limit if better == "higher" else ys[0] + limit
+        ax.axhline(bound, color="tab:purple", linestyle=":", linewidth=1.2,
+                   label=f"{name} {'floor' if better == 'higher' else 'ceiling'}: {bound:.4g} (drop < {limit:g})")
+    fl = flops_limit(budgets.get("flops_below"), stages[next(iter(stages))]["flops"])
+    if fl is not None:
+        ax.axvline(fl / 1e6, color="tab:red", linestyle="--", linewidth=1.2, label=f"FLOPs budget: {fl / 1e6:.1f}M")
+    ax.set_ylabel(f"{name} ({better} is better)")
+    _finish_panel(ax, r)
+
+
 def write_plot(doc: dict[str, Any], path: Path) -> None:
     # the object API with the Agg canvas: no pyplot, no global state, no display needed
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -51,6 +85,10 @@ def write_plot(doc: dict[str, Any], path: Path) -> None:
         axes.flat[0].text(0.5, 0.5, "no recipe built a model in this session", ha="center", va="center")
     for ax, r in zip(axes.flat, recipes):
         stages = {s: info["metrics"] for s, info in r["stages"].items()}
+        primary = r.get("primary_metric")  # the team's headline metric, when the recipe names one
+        if primary and all(primary["name"] in (m.get("extra") or {}) for m in stages.values()):
+            _team_panel(ax, r, stages, primary)
+            continue
         xs = [m["flops"] / 1e6 for m in stages.values()]
         ys = [m["test_acc"] * 100 for m in stages.values()]
         ax.plot(xs, ys, color="0.7", linewidth=1, zorder=1)
@@ -89,15 +127,8 @@ def write_plot(doc: dict[str, Any], path: Path) -> None:
                 ax.fill_between([0, right], floor if floor is not None else y0, y1, color="tab:green",
                                 alpha=0.08, zorder=0, label="within the budgets")
                 ax.set_ylim(y0, y1)
-        ax.set_xlabel("FLOPs (millions, lower is better)")
         ax.set_ylabel("test accuracy (%)")
-        verdicts = r.get("verdicts", {})
-        failed = [c for c, v in verdicts.items() if v["outcome"] in ("failed", "error", "xpassed")]
-        status = "all checks passed" if verdicts and not failed else (f"failed: {', '.join(failed)}" if failed else "")
-        ax.set_title(f"{r['recipe']}\n{status}", fontsize=10, color="tab:red" if failed else "black")
-        ax.grid(alpha=0.3)
-        ax.set_xlim(left=0)
-        ax.legend(fontsize=7.5, loc="lower right")
+        _finish_panel(ax, r)
     meta = doc.get("meta", {})
     commit = ((meta.get("git") or {}).get("commit") or "")[:12]
     devices = sorted({r.get("device") or "" for r in recipes} - {""}) or [meta.get("device", "")]

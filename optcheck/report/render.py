@@ -47,6 +47,7 @@ def stage_row(stage: str, m: dict[str, Any], base: dict[str, Any] | None) -> dic
         "sparsity": "" if m.get("sparsity") is None else f"{m['sparsity'] * 100:.1f}%",
         "checkpoint": human(m["ckpt_bytes"], "B"),
         "time": f"{m['seconds']:.1f}s",
+        **{name: f"{value:.4g}" for name, value in (m.get("extra") or {}).items()},  # the team's metrics
     }
 
 
@@ -60,9 +61,10 @@ def results_table(name: str, metrics: dict[str, dict], verdicts: dict[str, str] 
     (the first is the baseline) and ``verdicts`` check -> outcome."""
     base = next(iter(metrics.values()), None)
     rows = [stage_row(stage, m, base) for stage, m in metrics.items()]
-    header = [h for h in ("stage", "test acc", "Δ acc", "val acc", "FLOPs", "FLOPs %", "params", "size",
+    team = list((base or {}).get("extra") or {})
+    header = [h for h in ("stage", "test acc", "Δ acc", "val acc", *team, "FLOPs", "FLOPs %", "params", "size",
                           "sparsity", "checkpoint", "time") if h != "sparsity" or any(r["sparsity"] for r in rows)]
-    table = [tuple(header)] + [tuple(r[h] for h in header) for r in rows]
+    table = [tuple(header)] + [tuple(r.get(h, "-") for h in header) for r in rows]
     widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [f"optcheck results: {name}", fmt.format(*header), fmt.format(*("-" * w for w in widths))]
@@ -72,6 +74,17 @@ def results_table(name: str, metrics: dict[str, dict], verdicts: dict[str, str] 
     if verdicts:
         lines.append("checks: " + ", ".join(f"{b} {v}" for b, v in verdicts.items()))
     return lines
+
+
+def provenance(r: dict[str, Any]) -> list[str]:
+    """Where a trained baseline came from: "baseline: loaded from <file> (sha256 ...)", not trained."""
+    out = []
+    for stage, info in r.get("stages", {}).items():
+        origin = info.get("loaded_from")
+        if origin:
+            digest = f" (sha256 {info['sha256']})" if info.get("sha256") else ""
+            out.append(f"{stage}: loaded from {origin}{digest}, not trained")
+    return out
 
 
 def cache_summary(stages: dict[str, dict]) -> str:
@@ -108,6 +121,7 @@ def terminal_lines(state, written: list[str]) -> list[str]:
         metrics = {s: info["metrics"] for s, info in r["stages"].items()}
         verdicts = {c: v["outcome"] for c, v in r.get("verdicts", {}).items()}
         lines += results_table(f"{r['recipe']} ({r['path']}, seed {r.get('seed')})", metrics, verdicts)
+        lines += provenance(r)
         for check, v in r.get("verdicts", {}).items():  # the accuracy verdicts with their intervals
             explain = (v.get("details") or {}).get("explain")
             if explain:
@@ -221,9 +235,11 @@ def markdown(doc: dict[str, Any]) -> str:
         if r["stages"]:
             base = next(iter(r["stages"].values()))["metrics"]
             speed = latency_by_stage(r)
-            out += ["| stage | test acc | Δ acc | FLOPs | " + ("latency ratio | " if speed else "")
-                    + "params | size | checkpoint | cache | ledger Δ |",
-                    "| --- | --- | --- | --- | " + ("--- | " if speed else "") + "--- | --- | --- | --- | --- |"]
+            team = list(base.get("extra") or {})
+            out += ["| stage | test acc | Δ acc | " + "".join(f"{t} | " for t in team) + "FLOPs | "
+                    + ("latency ratio | " if speed else "") + "params | size | checkpoint | cache | ledger Δ |",
+                    "| --- | --- | --- | " + "--- | " * len(team) + "--- | " + ("--- | " if speed else "")
+                    + "--- | --- | --- | --- | --- |"]
             for stage, info in r["stages"].items():
                 m = info["metrics"]
                 row = stage_row(stage, m, base)
@@ -239,9 +255,12 @@ def markdown(doc: dict[str, Any]) -> str:
                               f"params {_signed(d['params'], '+,')}" + (" ❌" if led.get("mismatches") else " ✅"))
                 cache = cache_summary({stage: info}).removeprefix(f"{stage} ") or "-"
                 lat = (f"{speed[stage]} | " if stage in speed else "- | ") if speed else ""
-                out.append(f"| {stage} | {_pct(m['test_acc'])} (n={m['test_n']}) | {row['Δ acc']} | {flops} | {lat}"
-                           f"{row['params']} | {row['size']} | {row['checkpoint']} | {cache} | {ledger} |")
+                cells = "".join(f"{row.get(t, '-')} | " for t in team)
+                out.append(f"| {stage} | {_pct(m['test_acc'])} (n={m['test_n']}) | {row['Δ acc']} | {cells}{flops} | "
+                           f"{lat}{row['params']} | {row['size']} | {row['checkpoint']} | {cache} | {ledger} |")
             out.append("")
+            for line in provenance(r):
+                out += [line, ""]
             if any(info["metrics"].get("sparsity") is not None for info in r["stages"].values()):
                 out += [f"<sub>{SPARSE_NOTE}</sub>", ""]
             for stage, info in r["stages"].items():

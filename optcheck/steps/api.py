@@ -116,3 +116,49 @@ class StepCheck:
     def field(self, name: str) -> str:
         """``steps[<i>].<name>``: how an error names this step's field."""
         return f"steps[{self.stage.index}].{name}"
+
+
+@dataclass
+class Training:
+    """What a team's training function receives besides the model: ``fit(model, training)``.
+
+    ``fit`` trains the model in place and may return a dict of its history (kept in the stage's info).
+    optcheck seeds before it, times it, measures, checkpoints and restores around it. ``criterion`` is
+    the loss optcheck would train: cross-entropy, or, in a step that distills, Model Optimizer's
+    distillation loss (``model.compute_kd_loss``: the balanced sum of the labels' cross-entropy and the
+    KD loss from the baseline teacher); a loop with its own loss ``l`` gets the KD total with
+    ``model.compute_kd_loss(student_loss=l)``.
+    """
+
+    stage: str  # the stage being trained
+    epochs: int  # [train] epochs, or the finetune step's
+    lr: float  # the recipe's learning rate for this stage (batch-size scaled): a default to use or ignore
+    device: Any
+    seed: int
+    options: dict[str, Any]  # [train] options, or the finetune step's options, as written
+    train_loader: Callable[[], Any]  # a fresh, seeded, shuffling train loader per call
+    val_loader: Any
+    criterion: Callable[[Any, Any], Any]  # (logits, labels) -> loss
+    distilling: bool
+    log: Callable[[str], None]
+
+
+def team_training(run: StepRun, model: Any, function: str, *, epochs: int, lr: float, options: dict[str, Any],
+                  criterion: Callable[[Any, Any], Any] | None = None) -> dict[str, Any]:
+    """Train ``model`` in place with the team's ``package.module:function``; its returned dict (if
+    any) is the history. What it returns otherwise, or raises, is named with the function."""
+    import torch.nn.functional as F
+
+    from optcheck.core.factories import load_factory
+
+    fit = load_factory(function, "function", run.path)
+    ctx = run.ctx
+    training = Training(stage=run.name, epochs=epochs, lr=lr, device=ctx.device, seed=ctx.seed, options=dict(options),
+                        train_loader=ctx.train_loader, val_loader=ctx.val_loader,
+                        criterion=criterion or F.cross_entropy, distilling=criterion is not None, log=ctx.log)
+    model.train()
+    history = fit(model, training)
+    if history is not None and not isinstance(history, dict):
+        run.fail(f"{function} returned {type(history).__name__}: a training function trains the model in place "
+                 "and returns None or a dict (its history)", f"return None, or a dict such as {{'val_acc': [...]}}")
+    return dict(history or {})

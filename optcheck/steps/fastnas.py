@@ -10,11 +10,11 @@ from __future__ import annotations
 import contextlib
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from optcheck.core.errors import Problem, RecipeError
 from optcheck.core.schema import Limit, limit_fields
-from optcheck.steps.base import StepConfig
+from optcheck.steps.base import FACTORY, StepConfig
 from optcheck.steps.base import StepKind
 
 
@@ -26,14 +26,22 @@ class FastNASStep(StepConfig):
     feature_divisor: int = Field(16, ge=1)
     calib_batches: int = Field(20, ge=1, description="BatchNorm calibration batches per subnet")
     score_samples: int | None = Field(None, gt=0, description="val samples the score function uses")
-    score: Literal["log_prob", "accuracy"] = Field(
-        "log_prob", description="what the search maximises on the val split: the mean log-probability "
-        "of the true class (no ties), or top-1 accuracy (steps of 1/n: near-ties flip between machines)")
+    score: str = Field(
+        "log_prob", description="what the search maximises on the val split: 'log_prob' (the mean log-probability "
+        "of the true class: no ties), 'accuracy' (top-1: steps of 1/n, near-ties flip between machines), or your "
+        "Model Optimizer score_func as 'package.module:function': function(model) or function(model, loader, device)")
     recalibrate_bn: bool = Field(
         True, description="re-estimate the subnet's BatchNorm statistics on the train split after the "
         "search (mtp.prune returns them stale: 10% -> 77% test accuracy measured on digits)")
 
     _limits = limit_fields("flops", "params")
+
+    @field_validator("score")
+    @classmethod
+    def _score(cls, v: str) -> str:
+        if v in ("log_prob", "accuracy") or FACTORY.match(v):
+            return v
+        raise ValueError(f"{v!r}: use 'log_prob', 'accuracy', or your score function as 'package.module:function'")
 
     @model_validator(mode="after")
     def _one_constraint(self) -> "FastNASStep":
@@ -65,9 +73,43 @@ def fastnas_config(step: FastNASStep):
     return search_space_config(step.channel_divisor, step.feature_divisor)
 
 
+def score_function(score: str, recipe: str, field: str = "steps[].score"):
+    """``(model, loader, device) -> float``: the built-in scores, or the team's function (Model
+    Optimizer's ``score_func(model)``, or ``(model, loader, device)`` to get the val loader), its result
+    checked to be a finite number."""
+    import inspect
+    import math
+
+    from optcheck.build.training import evaluate, mean_log_prob
+
+    if score == "log_prob":
+        return mean_log_prob
+    if score == "accuracy":
+        return lambda m, loader, device: evaluate(m, loader, device)[0]
+    from optcheck.core.factories import load_factory
+
+    fn = load_factory(score, field, recipe)
+    try:
+        takes_data = len(inspect.signature(fn).parameters) >= 3
+    except (TypeError, ValueError):
+        takes_data = False
+
+    def team_score(m, loader, device) -> float:
+        got = fn(m, loader, device) if takes_data else fn(m)
+        try:
+            value = float(got)
+        except (TypeError, ValueError):
+            raise TypeError(f"the score function {score} returned {type(got).__name__} {got!r}, not a number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"the score function {score} returned {value}: FastNAS needs a finite score")
+        return value
+
+    return team_score
+
+
 def build(run, parent):
     """Search the best subnet under the step's constraint with ``mtp.prune`` and ``mto.save`` it."""
-    from optcheck.build.training import evaluate, mean_log_prob, recalibrate_batchnorm
+    from optcheck.build.training import recalibrate_batchnorm
     from optcheck.core.compat import import_modelopt
 
     _, _, mtp = import_modelopt()
@@ -75,8 +117,7 @@ def build(run, parent):
     run.seed()
     model = parent.model
     score_loader = ctx.eval_loader("val", step.score_samples)
-    measure_score = mean_log_prob if step.score == "log_prob" else (
-        lambda m, loader, device: evaluate(m, loader, device)[0])
+    measure_score = score_function(step.score, run.path, f"steps[{run.stage.index}].score")
     scored = {"n": 0, "best": -float("inf"), "all": []}
 
     def score_func(candidate) -> float:
@@ -225,6 +266,7 @@ def preflight(check) -> None:
     from optcheck.core.quiet import library_noise
 
     ctx, step, index = check.ctx, check.step, check.stage.index
+    score_function(step.score, check.path, check.field("score"))  # the team's score function imports
     with check.boundary(f"converting the model to the FastNAS search space ({check.stage.label})",
                         f"check steps[{index}]'s divisors and that the model is a plain CNN that Model "
                         "Optimizer can trace"):

@@ -8,11 +8,11 @@ quantization-aware training (the fake quantizers pass gradients straight through
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
-from optcheck.steps.base import StepConfig
+from optcheck.steps.base import StepConfig, factory_field
 from optcheck.core.schema import Strict
 from optcheck.steps.base import StepKind
 
@@ -31,6 +31,12 @@ class FinetuneStep(StepConfig):
     lr_scale: float = Field(0.5, gt=0, description="times the baseline's learning rate")
     warmup_epochs: float = Field(0.0, ge=0)
     distill: Distill | None = None
+    function: str | None = Field(None, description="your training loop, 'package.module:function', called as "
+                                 "function(model, training) (steps.api.Training); default: [train] function, "
+                                 "else optcheck's SGD loop")
+    options: dict[str, Any] = Field({}, description="passed to your training function as training.options")
+
+    _function = factory_field("function")
 
 
 def build(run, parent):
@@ -47,8 +53,16 @@ def build(run, parent):
     if step.distill is not None:
         teacher = run.baseline().model
         model, criterion = distillation(model, teacher, step.distill)
-    history = train(model, ctx.train_loader(), ctx.val_loader, schedule, device=ctx.device,
-                    log=ctx.log, label=run.name, criterion=criterion)
+    function = step.function or t.function
+    if function is not None:  # the team's loop: optcheck seeds, times, measures and saves around it
+        from optcheck.steps.api import team_training
+
+        options = step.options if step.function else {**t.options, **step.options}
+        history = team_training(run, model, function, epochs=step.epochs, lr=lr, options=options,
+                                criterion=criterion)
+    else:
+        history = train(model, ctx.train_loader(), ctx.val_loader, schedule, device=ctx.device,
+                        log=ctx.log, label=run.name, criterion=criterion)
     if step.distill is not None:
         import modelopt.torch.distill as mtd
 

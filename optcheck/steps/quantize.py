@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from optcheck.steps.base import StepConfig
+from optcheck.steps.base import StepConfig, factory_field
 from optcheck.steps.base import StepKind
 
 # recipe name -> Model Optimizer config; all of these run on CPU (measured: digits accuracy kept, exact
@@ -41,6 +41,12 @@ class QuantizeStep(StepConfig):
         "int8", description="int8 = INT8_DEFAULT_CFG (weights and activations, per-channel weights); "
         "mxfp8 / mxfp4 / nvfp4 / nvfp4_awq / w4a8_awq need a CUDA GPU")
     calib_batches: int = Field(16, ge=1, description="train-split batches the calibration forward loop sees")
+    forward_loop: str | None = Field(None, description="your calibration loop, 'package.module:function', "
+                                     "called as function(model, batches) with the calib_batches inputs "
+                                     "(or function(model) to use your own data); default: every batch through "
+                                     "the model under no_grad")
+
+    _forward_loop = factory_field("forward_loop")
 
 
 def config_of(step: QuantizeStep):
@@ -70,6 +76,21 @@ def calibration_batches(ctx, step: QuantizeStep):
         yield x
 
 
+def team_forward_loop(spec: str, field: str, recipe: str):
+    """``(model, batches) -> None`` around the team's ``forward_loop``: called with the calibration
+    inputs when it takes two arguments, else with the model alone (it brings its own data)."""
+    import inspect
+
+    from optcheck.core.factories import load_factory
+
+    fn = load_factory(spec, field, recipe)
+    try:
+        takes_batches = len(inspect.signature(fn).parameters) >= 2
+    except (TypeError, ValueError):
+        takes_batches = True
+    return (lambda m, batches: fn(m, batches())) if takes_batches else (lambda m, batches: fn(m))
+
+
 def build(run, parent):
     """``mtq.quantize`` the previous stage's model in eval mode, calibrated on train batches."""
     import torch
@@ -84,11 +105,21 @@ def build(run, parent):
     model = parent.model.eval()  # calibration with BatchNorm's running statistics, as at inference
     seen = {"batches": 0}
 
+    def batches():
+        for x in calibration_batches(ctx, step):
+            seen["batches"] += 1
+            yield x.to(ctx.device)
+
     def forward_loop(m) -> None:
         with torch.no_grad():
-            for x in calibration_batches(ctx, step):
-                m(x.to(ctx.device))
-                seen["batches"] += 1
+            for x in batches():
+                m(x)
+
+    if step.forward_loop is not None:  # the team's calibration: Model Optimizer calls it with the model
+        team = team_forward_loop(step.forward_loop, f"steps[{run.stage.index}].forward_loop", run.path)
+
+        def forward_loop(m) -> None:  # noqa: F811 - the team's loop replaces optcheck's
+            team(m, batches)
 
     model = mtq.quantize(model, config_of(step), forward_loop)
     path = run.save_modelopt(model)
@@ -103,6 +134,8 @@ def preflight(check) -> None:
     from optcheck.core.errors import Problem, RecipeError
 
     step = check.step
+    if step.forward_loop is not None:
+        team_forward_loop(step.forward_loop, check.field("forward_loop"), check.path)  # it imports
     if step.format in GPU_FORMATS and check.ctx.device.type != "cuda":
         cpu = ", ".join(FORMATS)
         raise RecipeError(check.path, [Problem(

@@ -20,7 +20,7 @@ from typing import Any
 from optcheck.steps.base import StepKind
 
 # the modules that define kinds; their order is the order kinds are listed in messages
-_MODULES = ("baseline", "fastnas", "torch_pruning", "finetune", "quantize", "sparsify")
+_MODULES = ("baseline", "fastnas", "torch_pruning", "finetune", "quantize", "sparsify", "custom")
 
 
 # kinds a recipe may name that this install cannot run: the message says what is missing
@@ -33,14 +33,42 @@ UNAVAILABLE = {
 }
 
 
+ENTRY_POINTS = "optcheck.steps"  # a package registers its own kinds: [project.entry-points."optcheck.steps"]
+
+
 def _load() -> dict[str, StepKind]:
+    """The built-in kinds, then every kind an installed package registers in the ``optcheck.steps``
+    entry-point group (``name = "package.module:KIND"``, a ``StepKind``, or a module that defines
+    ``KIND``), as pytest finds plugins in ``pytest11``."""
+    from importlib.metadata import entry_points
+
     out: dict[str, StepKind] = {}
     for name in _MODULES:
         kind = importlib.import_module(f"optcheck.steps.{name}").KIND
         if kind.kind in out:
             raise RuntimeError(f"step kind {kind.kind!r} registered twice")
         out[kind.kind] = kind
+    for ep in sorted(entry_points(group=ENTRY_POINTS), key=lambda e: e.name):
+        where = f"entry point {ep.name} = {ep.value!r} (group {ENTRY_POINTS!r}, package {_dist(ep)})"
+        try:
+            loaded = ep.load()
+        except Exception as exc:  # noqa: BLE001 - a broken plugin is named, not a crash without context
+            raise RuntimeError(f"{where} does not import: {type(exc).__name__}: {exc}; fix or uninstall that "
+                               "package") from exc
+        kind = getattr(loaded, "KIND", loaded)
+        if not isinstance(kind, StepKind) or kind.schema is None:
+            raise RuntimeError(f"{where} is a {type(kind).__name__}, not a StepKind with a schema: point it at "
+                               "your step kind (see optcheck.steps.base.StepKind and docs/own-pipeline.md)")
+        if kind.kind in out or kind.kind in UNAVAILABLE:
+            raise RuntimeError(f"{where} registers step kind {kind.kind!r}, which optcheck or another package "
+                               "already has: give the kind another name")
+        out[kind.kind] = kind
     return out
+
+
+def _dist(ep) -> str:
+    dist = getattr(ep, "dist", None)
+    return f"{dist.name} {dist.version}" if dist is not None else "unknown"
 
 
 KINDS: dict[str, StepKind] = _load()
@@ -67,6 +95,16 @@ class Stage:
     parent: str | None
 
     @property
+    def checkpoint(self) -> str:
+        """The file (in ``Artifact.files``) that restores this stage."""
+        return self.kind.checkpoint_for(self.step)
+
+    @property
+    def searched(self) -> bool:
+        """Whether this stage's architecture comes from a search (its FLOPs / params are not exact)."""
+        return self.kind.searched_for(self.step)
+
+    @property
     def label(self) -> str:
         """What builds it, as a recipe author reads it: "steps[0] (kind = 'fastnas')"."""
         if self.index is None:
@@ -88,7 +126,7 @@ def searched_upstream(stages: list[Stage], name: str) -> bool:
     by_name = {s.name: s for s in stages}
     stage: Stage | None = by_name[name]
     while stage is not None:
-        if stage.kind.searched:
+        if stage.searched:
             return True
         stage = by_name.get(stage.parent) if stage.parent else None
     return False

@@ -190,7 +190,7 @@ def build(run, parent):
     return run.finish(model, {FILE: path}, {"iterations": iterations, "full": full})
 
 
-def load(ctx, files):
+def load(ctx, files, step=None):
     """The pruned model: ``tp.load_state_dict`` into a freshly built model (the file is a pickle:
     ``weights_only=False``; it comes from optcheck's checksummed cache or the run's own folder)."""
     import torch
