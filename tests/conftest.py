@@ -14,6 +14,10 @@ import pytest
 # them sleep instead (numerics unchanged). Set before any test imports torch: the workers inherit it.
 # Measured on this 2-core machine: the suite 14:30 serially, 7:42 with -n 2 and this setting.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# and under xdist one torch thread per worker by default: two workers fill two cores, and a second thread
+# on these small models buys little speed for its CPU time (tests that need a count set it themselves)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # the longest file first: its end-to-end sessions take about as long as all the other files together,
 # so under -n 2 one worker runs it while the other runs the rest (collection order is the schedule:
