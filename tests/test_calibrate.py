@@ -131,12 +131,25 @@ def test_a_ledger_failure_names_the_spread_and_both_numerics_fingerprints(tmp_pa
     assert "same numerics as the run that wrote the ledger" in same and "numerics differ" not in same
 
 
+TEAM_NET = """
+from optcheck.build.models import SmallCNN
+
+
+def make_net(num_classes=4):
+    return SmallCNN(num_classes)
+"""
+
+
 def test_calibrate_option_measures_and_writes_the_ledger_then_checks_pass(pytester):
-    pytester.makefile(".toml", tiny=tiny_recipe())
+    # the team's model factory imports only from pytest's pythonpath (src/), in the calibration
+    # subprocesses too
+    (pytester.path / "src").mkdir()
+    (pytester.path / "src" / "tinyteam.py").write_text(TEAM_NET)
+    pytester.makefile(".toml", tiny=tiny_recipe().replace('name = "small_cnn"', 'name = "tinyteam:make_net"'))
     # a recipe whose data is not on this machine: one variant tells, the others are not run
     pytester.makefile(".toml", cifar=tiny_recipe().replace('dataset = "synthetic"', 'dataset = "cifar10"\nroot = "nowhere"')
                       .replace("options = { samples = 240, classes = 4, image_size = 16 }\n", ""))
-    pytester.makeini("[pytest]\noptcheck_recipes = .\n")
+    pytester.makeini("[pytest]\noptcheck_recipes = .\npythonpath = src\n")
     result = pytester.runpytest_subprocess("--optcheck", "--optcheck-calibrate", "2", "-p", "no:cacheprovider")
     result.stdout.fnmatch_lines(["*calibrating cifar.toml: seed 0, default kernels, 1 thread skipped (CIFAR-10 not found*",
                                  "*calibration of cifar.toml skipped: CIFAR-10 not found*",

@@ -23,6 +23,7 @@ HEAD = """
 seed = 0
 [data]
 dataset = "team_code:data"
+split_seed = 0
 batch_size = 32
 augment = []
 [model]
@@ -85,6 +86,8 @@ def verdicts(run: RecipeRun) -> dict:
     return out
 
 
+ONE_STEP = '[[steps]]\nkind = "quantize"\ncalib_batches = 1\n[budgets]\nsize_below = "50%"\n'
+
 CUSTOM = """
 [[steps]]
 kind = "custom"
@@ -110,8 +113,28 @@ def test_the_baseline_is_loaded_from_the_checkpoint_not_trained(tmp_path, checkp
     assert "history" not in base.info  # no [train] run
     for name, tensor in load_file(str(checkpoint)).items():
         assert torch.equal(base.model.state_dict()[name], tensor), name
-    assert base.metrics.test_acc > 0.9
+    assert base.metrics.test_acc > 0.7
     assert verdicts(run) == {"baseline_accuracy_at_least": "passed", "size_below": "passed"}
+
+
+def test_a_checkpoint_pins_the_split_so_no_seed_tests_on_its_training_images(tmp_path, checkpoint):
+    body = CUSTOM.format(stage="quantized", function="quantize_int8", checkpoint="modelopt", extra="")
+    unpinned = tmp_path / "unpinned.toml"
+    unpinned.write_text(HEAD.format(model="net", weights=f'checkpoint = "{checkpoint}"').replace("split_seed = 0\n", "")
+                        + body + "[budgets]\nsize_below = \"40%\"\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(unpinned)
+    message = str(err.value)
+    assert "unpinned.toml" in message and "data.split_seed" in message and "images the checkpoint was trained on" in message
+    assert "fix: set data.split_seed" in message
+
+    # pinned: a run under another seed tests the same images (and the run's seed still seeds the rest)
+    pinned = make_run(tmp_path, body + "[budgets]\nsize_below = \"40%\"\n", checkpoint=checkpoint)
+    other = RecipeRun(pinned.recipe, device="cpu", seed=7, cache=None, threads=1,
+                      workdir=lambda: tmp_path / "other")
+    a, b = pinned.ctx.data.test, other.ctx.data.test
+    assert len(a) == len(b) and all(torch.equal(a[i][0], b[i][0]) for i in range(len(a)))
+    assert other.ctx.seed == 7
 
 
 def test_the_cache_key_is_the_checkpoints_content_not_its_path(tmp_path, checkpoint):
@@ -134,7 +157,7 @@ def test_the_cache_key_is_the_checkpoints_content_not_its_path(tmp_path, checkpo
     from safetensors.torch import load_file, save_file
 
     state = load_file(str(checkpoint))
-    state["0.weight"] = state["0.weight"] * 1.01
+    state["features.0.weight"] = state["features.0.weight"] * 1.01
     save_file(state, str(edited))
     changed = make_run(tmp_path, body, checkpoint=edited, name="edited")
     assert all(changed.keys[s]["key"] != keys[s] for s in keys)  # every stage below it
@@ -163,7 +186,7 @@ def test_an_edited_checkpoint_rebuilds_every_stage_and_replays_no_stale_verdict(
     warm = pytester.runpytest_inprocess(*args)
     assert "from the cache (nothing they depend on changed" in warm.stdout.str()
     state = load_file(str(target))
-    state["0.weight"] = -state["0.weight"]  # the team retrained: another model at the same path
+    state["features.0.weight"] = -state["features.0.weight"]  # the team retrained: another model at the same path
     save_file(state, str(target))
     edited = pytester.runpytest_inprocess(*args)
     out = edited.stdout.str()
@@ -174,13 +197,12 @@ def test_an_edited_checkpoint_rebuilds_every_stage_and_replays_no_stale_verdict(
 
 
 def test_a_checkpoint_of_another_architecture_is_one_error_naming_the_file_and_the_key(tmp_path, checkpoint):
-    run = make_run(tmp_path, "[budgets]\nbaseline_accuracy_at_least = 0.5\n", checkpoint=checkpoint,
-                   model="wide_net")
+    run = make_run(tmp_path, ONE_STEP, checkpoint=checkpoint, model="wide_net")
     with pytest.raises(RecipeError) as info:
         run.preflight()
     message = str(info.value)
     assert "field 'model.checkpoint'" in message and str(checkpoint) in message
-    assert "0.weight is [16, 3, 3, 3] in the checkpoint and [24, 3, 3, 3] in the model" in message
+    assert "features.0.weight is [16, 3, 3, 3] in the checkpoint and [24, 3, 3, 3] in the model" in message
     assert message.count("\n") < 5
 
 
@@ -193,7 +215,7 @@ def test_a_checkpoint_of_another_architecture_is_one_error_naming_the_file_and_t
 ], ids=["missing", "a_wrapper_dict", "pickled_objects"])
 def test_a_checkpoint_that_cannot_be_read_says_why_and_the_fix(tmp_path, checkpoint, make, needles):
     path = make(tmp_path, checkpoint)
-    run = make_run(tmp_path, "[budgets]\nbaseline_accuracy_at_least = 0.5\n", checkpoint=path)
+    run = make_run(tmp_path, ONE_STEP, checkpoint=path)
     with pytest.raises(RecipeError) as info:
         run.preflight()
     for needle in needles:
@@ -215,9 +237,9 @@ def test_a_checkpoint_key_picks_the_state_dict_from_a_wrapper(tmp_path, checkpoi
     wrapped = _saved(tmp_path / "wrapped.pt", {"model": _state(checkpoint), "epoch": 3})
     path = tmp_path / "team.toml"
     path.write_text(HEAD.format(model="net", weights=f'checkpoint = "{wrapped}"\ncheckpoint_key = "model"')
-                    + "[budgets]\nbaseline_accuracy_at_least = 0.5\n")
+                    + ONE_STEP)
     run = RecipeRun(load_recipe(path), device="cpu", seed=0, threads=1, workdir=lambda: tmp_path)
-    assert run.artifact("baseline").metrics.test_acc > 0.9
+    assert run.artifact("baseline").metrics.test_acc > 0.7
 
 
 def test_torchvision_weights_missing_from_the_hub_cache_name_the_file_and_never_download(tmp_path, monkeypatch):
@@ -258,12 +280,12 @@ better = "higher"
 
 def test_a_lower_is_better_metric_made_worse_fails_in_its_direction_with_its_interval(tmp_path, checkpoint):
     body = METRICS + CUSTOM.format(stage="damaged", function="damage", checkpoint="state_dict",
-                                   extra="options = { std = 0.6 }")
-    body += ("[budgets]\nmetric_drop_under = { brier = 0.02, f1 = 0.5, right = 0.5 }\n"
-             "metric_at_most = { brier = 0.05 }\nmetric_at_least = { f1 = 0.3 }\n")
+                                   extra="options = { std = 0.2 }")
+    body += ("[budgets]\nmetric_drop_under = { brier = 0.05, f1 = 0.5, right = 0.5 }\n"
+             "metric_at_most = { brier = 0.3 }\nmetric_at_least = { f1 = 0.3 }\n")
     run = make_run(tmp_path, body, checkpoint=checkpoint)
     base, dmg = run.artifact("baseline").metrics.extra, run.artifact("damaged").metrics.extra
-    assert dmg["brier"] > base["brier"] + 0.02  # worse is *higher* for Brier
+    assert dmg["brier"] > base["brier"] + 0.05  # worse is *higher* for Brier
     got = verdicts(run)
     message = got["metric_drop_under[brier]"]
     assert "optcheck budget 'metric_drop_under[brier]' failed" in message
@@ -273,7 +295,7 @@ def test_a_lower_is_better_metric_made_worse_fails_in_its_direction_with_its_int
     assert got["metric_drop_under[f1]"] == got["metric_drop_under[right]"] == "passed"
     assert got["metric_at_least[f1]"] == "passed"
     # the same budgets on an undamaged copy pass: the detector's other side
-    clean = make_run(tmp_path, body.replace("std = 0.6", "std = 0.0"), checkpoint=checkpoint, name="clean")
+    clean = make_run(tmp_path, body.replace("std = 0.2", "std = 0.0"), checkpoint=checkpoint, name="clean")
     assert all(v == "passed" for v in verdicts(clean).values()), verdicts(clean)
 
 
@@ -281,7 +303,7 @@ def test_single_number_metrics_get_a_point_verdict_that_says_so_and_flags_get_ne
     from optcheck.budgets.judges import check_budget
 
     body = METRICS + CUSTOM.format(stage="damaged", function="damage", checkpoint="state_dict",
-                                   extra="options = { std = 0.6 }")
+                                   extra="options = { std = 0.2 }")
     body += "[budgets]\nmetric_drop_under = { f1 = 0.001, right = 0.001 }\n"
     run = make_run(tmp_path, body, checkpoint=checkpoint)
     record: dict = {}
@@ -302,8 +324,7 @@ def test_single_number_metrics_get_a_point_verdict_that_says_so_and_flags_get_ne
 ])
 def test_a_broken_metric_is_one_error_naming_the_function_and_what_it_returned(tmp_path, checkpoint, function,
                                                                                 needles):
-    body = (f'[[metrics]]\nname = "m"\nfunction = "team_code:{function}"\nbetter = "higher"\n'
-            "[budgets]\nbaseline_accuracy_at_least = 0.5\n")
+    body = f'[[metrics]]\nname = "m"\nfunction = "team_code:{function}"\nbetter = "higher"\n' + ONE_STEP
     run = make_run(tmp_path, body, checkpoint=checkpoint)
     with pytest.raises(RecipeError) as info:
         run.artifact("baseline")
@@ -480,7 +501,7 @@ def build(run, parent):
     import torch
     model = parent.model.eval()
     tp.pruner.MagnitudePruner(model, run.ctx.dummy_input(), importance=tp.importance.GroupMagnitudeImportance(p=2),
-                              pruning_ratio=0.5, ignored_layers=[model[-1]]).step()
+                              pruning_ratio=0.5, ignored_layers=[model.head]).step()
     path = run.file("torch_pruning.pth")
     torch.save(tp.state_dict(model), path)
     return run.finish(model, {"torch_pruning": path})
@@ -491,6 +512,7 @@ KIND = StepKind(kind="acme_half", stage="halved", build=build, schema=HalfStep, 
 
 
 def _package(site: Path, value: str, module: str = KIND_MODULE) -> Path:
+    site.mkdir(parents=True, exist_ok=True)
     (site / "acme_kinds.py").write_text(module)
     info = site / "acme_kinds-1.0.dist-info"
     info.mkdir(parents=True, exist_ok=True)
@@ -536,8 +558,8 @@ import modelopt.torch.prune as mtp   # no optcheck import anywhere before this
 
 def test_my_fastnas_prune():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1),
-                        nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4))
+    net = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.Conv2d(64, 128, 3, padding=1),
+                        nn.BatchNorm2d(128), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 4))
     data = [(torch.randn(8, 3, 16, 16), torch.randint(0, 4, (8,))) for _ in range(2)]
     sub, _ = mtp.prune(net, mode="fastnas", constraints={"flops": "70%"}, dummy_input=torch.zeros(1, 3, 16, 16),
                        config={"data_loader": data, "score_func": lambda m: 0.5, "verbose": False,

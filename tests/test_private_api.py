@@ -3,7 +3,6 @@ in the installed versions. When an upgrade renames one, this fails first, naming
 
 from __future__ import annotations
 
-import pytest
 
 from optcheck.core import private_api
 

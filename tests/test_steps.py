@@ -7,6 +7,7 @@ Each planted regression is made here, by monkeypatching or a small wrapper, neve
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -54,11 +55,13 @@ QUANT_BUDGETS = 'accuracy_drop_under = 0.05\nsize_below = "30%"\nrestore_roundtr
 def test_the_registry_knows_every_kind_and_its_stage():
     from optcheck.steps.registry import KINDS, listable
 
-    assert listable() == ["fastnas", "torch_pruning", "finetune", "quantize", "sparsify"]
+    assert listable() == ["fastnas", "torch_pruning", "finetune", "quantize", "sparsify", "custom"]
     assert {k: v.stage for k, v in KINDS.items()} == {
         "baseline": "baseline", "fastnas": "pruned", "torch_pruning": "pruned", "finetune": "finetuned",
-        "quantize": "quantized", "sparsify": "sparsified"}
-    assert [k for k, v in KINDS.items() if v.searched] == ["fastnas"]
+        "quantize": "quantized", "sparsify": "sparsified", "custom": "compressed"}
+    assert [k for k, v in KINDS.items() if v.searched is True] == ["fastnas"]
+    assert not KINDS["custom"].searched_for(SimpleNamespace(searched=False))
+    assert KINDS["custom"].searched_for(SimpleNamespace(searched=True))  # a custom step says so itself
 
 
 def test_generic_modules_name_no_stage_or_kind():

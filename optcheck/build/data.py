@@ -336,7 +336,7 @@ def data_key(cfg: DataConfig, seed: int) -> str | None:
     from importlib.metadata import version
 
     code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-    body = {"data": cfg.model_dump(mode="json", exclude={"root"}), "seed": seed, "code": code,
+    body = {"data": cfg.model_dump(mode="json", exclude={"root"}), "seed": cfg.seed_for(seed), "code": code,
             "sklearn": version("scikit-learn"), "torch": version("torch")}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
@@ -365,6 +365,8 @@ def bundle_from_file(path: Path) -> DataBundle:
 
 def build_data(cfg: DataConfig, seed: int, base_dir: Path | None = None,
                recipe_path: str = "<recipe>") -> DataBundle:
+    """The splits of ``cfg``'s dataset, drawn with ``cfg.seed_for(seed)`` (``split_seed`` when pinned)."""
+    seed = cfg.seed_for(seed)
     if cfg.dataset == "digits":
         return digits(cfg, seed)
     if cfg.dataset == "synthetic":

@@ -186,12 +186,15 @@ def calibration_entries(recipe: str, platform: str, runs: list[dict[str, Any]], 
 # -- running the variants --------------------------------------------------------------------------------
 
 def run_variants(recipe_path: Path, variants_: list[Variant], *, device: str, cache_dir: Path | None,
-                 jobs: int, log: Callable[[str], None], rootdir: Path) -> list[dict[str, Any]]:
+                 jobs: int, log: Callable[[str], None], rootdir: Path,
+                 import_paths: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Build the recipe once per variant, each in its own subprocess; results in variant order.
 
     ``jobs`` is the number of cores to fill: a variant holds as many of them as it has threads, so
     two 1-thread variants share 2 cores but a 2-thread one runs alone. (Oversubscribed OpenMP
     threads spin: a 2-thread build beside another build took 4x longer here.)
+    ``import_paths`` go on the subprocess's ``PYTHONPATH`` after ``rootdir``: the folders the session
+    imports a team's code from (pytest's ``pythonpath`` setting), or its recipe's hooks would not import.
     """
     import threading
 
@@ -215,7 +218,7 @@ def run_variants(recipe_path: Path, variants_: list[Variant], *, device: str, ca
         if cache_dir is not None:
             cmd += ["--cache-dir", str(cache_dir)]
         env = v.env(dict(os.environ))
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(rootdir), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(rootdir), *import_paths, env.get("PYTHONPATH")]))
         log(f"calibrating {recipe_path.name}: {v.label} ...")
         proc = subprocess.run(cmd, env=env, cwd=rootdir, capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -236,7 +239,7 @@ def run_variants(recipe_path: Path, variants_: list[Variant], *, device: str, ca
 
 def calibrate_recipes(paths: list[Path], count: int, *, ledger_path: Path, device: str, threads: int,
                       cache_dir: Path | None, jobs: int, log: Callable[[str], None], rootdir: Path,
-                      display: Callable[[Path], str] = str) -> list[Calibration]:
+                      import_paths: tuple[str, ...] = (), display: Callable[[Path], str] = str) -> list[Calibration]:
     """Calibrate each recipe and write the entries into the ledger (in place, comments kept).
 
     A recipe whose data is missing is skipped; one whose variants fail is reported, not written.
@@ -251,10 +254,11 @@ def calibrate_recipes(paths: list[Path], count: int, *, ledger_path: Path, devic
         seed = recipe.seed if recipe.seed is not None else 0
         vs = variants(seed, count, threads=threads, device="cuda" if device == "cuda" else "cpu")
         # the first variant alone first: a recipe whose data is missing is known after one subprocess
-        runs = run_variants(path, vs[:1], device=device, cache_dir=cache_dir, jobs=jobs, log=log, rootdir=rootdir)
+        runs = run_variants(path, vs[:1], device=device, cache_dir=cache_dir, jobs=jobs, log=log, rootdir=rootdir,
+                            import_paths=import_paths)
         if not any("skipped" in r for r in runs):
             runs += run_variants(path, vs[1:], device=device, cache_dir=cache_dir, jobs=jobs, log=log,
-                                 rootdir=rootdir)
+                                 rootdir=rootdir, import_paths=import_paths)
         if any("skipped" in r for r in runs):
             log(f"calibration of {display(path)} skipped: {next(r['skipped'] for r in runs if 'skipped' in r)}")
             continue

@@ -360,16 +360,19 @@ def write_updates(path: Path, updates: dict[tuple[str, str, str], dict[str, Any]
         if platform not in doc[recipe]:
             doc[recipe].append(platform, tomlkit.table(is_super_table=True))
         tables = doc[recipe][platform]
+        # optcheck's metrics, then the team's (fields the entry has besides FIELDS), then the rest
+        keys = [*METRICS, *(k for k in entry if k not in FIELDS), *FIELDS[len(METRICS):]]
         if stage in tables:
             table = tables[stage]
-            for key in FIELDS:
+            team_gone = [k for k in table if k not in FIELDS and k not in entry]  # a metric the recipe dropped
+            for key in keys + team_gone:
                 if key in entry and (key not in table or _plain(table[key]) != entry[key]):
                     table[key] = _toml_value(entry[key])
                 elif key not in entry and key in table and key != "known_failure":
                     del table[key]  # e.g. a legacy accuracy_tolerance replaced by the tolerance table
         else:
             table = tomlkit.table()
-            for key in FIELDS:
+            for key in keys:
                 if key in entry:
                     table.add(key, _toml_value(entry[key]))
             tables.append(stage, table)

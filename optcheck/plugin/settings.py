@@ -98,33 +98,21 @@ def known_recipe_names(roots: list[Path], ledger: Path) -> dict[str, set[str] | 
     recipe still owns its ledger entries; its stages are None when its steps cannot be read)."""
     from optcheck.steps.registry import KINDS, ROOT
 
+    from optcheck.recipes.zoo import is_zoo, labels
+
     names: dict[str, set[str] | None] = {}
     files_of: dict[str, list[Path]] = {}
-    for root in roots:
-        files = [root] if root.is_file() else sorted(root.rglob("*.toml")) if root.is_dir() else []
-        for f in files:
-            if f.resolve() == ledger.resolve():
-                continue
-            try:
-                raw = tomllib.loads(f.read_text(encoding="utf-8"))
-            except (OSError, tomllib.TOMLDecodeError):
-                raw = {}
-            name = raw.get("name") if isinstance(raw.get("name"), str) else f.stem
-            steps = raw.get("steps", [])
-            from optcheck.recipes.zoo import is_zoo, labels
-
-            if is_zoo(raw):  # a zoo recipe's ledger entries are its models' known failures
-                names[name] = None if name in names else labels(raw)
-                if f.resolve() not in files_of.setdefault(name, []):
-                    files_of[name].append(f.resolve())
-                continue
-            try:
-                stages = {ROOT.stage} | {s.get("name") or KINDS[s["kind"]].stage for s in steps}
-            except (AttributeError, KeyError, TypeError):
-                stages = None
-            names[name] = None if stages is None or name in names else stages
-            if f.resolve() not in files_of.setdefault(name, []):
-                files_of[name].append(f.resolve())
+    for f, name, raw in _recipe_tables(roots, ledger):
+        if f not in files_of.setdefault(name, []):
+            files_of[name].append(f)
+        if is_zoo(raw):  # a zoo recipe's ledger entries are its models' known failures
+            names[name] = None if name in names else labels(raw)
+            continue
+        try:
+            stages = {ROOT.stage} | {s.get("name") or KINDS[s["kind"]].stage for s in raw.get("steps", [])}
+        except (AttributeError, KeyError, TypeError):
+            stages = None
+        names[name] = None if stages is None or name in names else stages
     twice = {n: fs for n, fs in files_of.items() if len(fs) > 1}
     if twice:  # the ledger files entries by recipe name: two recipes with one name would share them
         name, files = next(iter(sorted(twice.items())))
@@ -139,6 +127,15 @@ def recipe_metric_names(roots: list[Path], ledger: Path) -> dict[str, set[str]]:
     """Name -> the team metric names (``[[metrics]] name``) of every recipe file under the roots: the
     fields its ledger entries may hold besides optcheck's."""
     out: dict[str, set[str]] = {}
+    for _, name, raw in _recipe_tables(roots, ledger):
+        metrics = raw.get("metrics") if isinstance(raw.get("metrics"), list) else []
+        out[name] = {m["name"] for m in metrics if isinstance(m, dict) and isinstance(m.get("name"), str)}
+    return out
+
+
+def _recipe_tables(roots: list[Path], ledger: Path):
+    """``(resolved path, recipe name, raw TOML)`` of every ``.toml`` under the roots but the ledger; a
+    file that does not read or parse yields ``{}`` (its name is its stem)."""
     for root in roots:
         files = [root] if root.is_file() else sorted(root.rglob("*.toml")) if root.is_dir() else []
         for f in files:
@@ -147,11 +144,8 @@ def recipe_metric_names(roots: list[Path], ledger: Path) -> dict[str, set[str]]:
             try:
                 raw = tomllib.loads(f.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-                continue
-            name = raw.get("name") if isinstance(raw.get("name"), str) else f.stem
-            metrics = raw.get("metrics") if isinstance(raw.get("metrics"), list) else []
-            out[name] = {m["name"] for m in metrics if isinstance(m, dict) and isinstance(m.get("name"), str)}
-    return out
+                raw = {}
+            yield f.resolve(), raw.get("name") if isinstance(raw.get("name"), str) else f.stem, raw
 
 
 def _is_zoo_file(path: Path) -> bool:
@@ -200,5 +194,6 @@ def calibrate_session(config: pytest.Config, state, roots: list[Path], count: in
 
     calibrate_recipes(paths, count, ledger_path=ledger, device=state.device if state.device != "auto" else "cpu",
                       threads=state.threads or 1, cache_dir=cache, jobs=max(1, cores // (state.threads or 1)),
-                      log=log, rootdir=config.rootpath, display=state.relpath)
+                      log=log, rootdir=config.rootpath, display=state.relpath,
+                      import_paths=tuple(str(p) for p in config.getini("pythonpath")))
     state.ledger = open_ledger(config, roots)

@@ -64,6 +64,13 @@ class DataConfig(_Strict):
     augment: list[Literal["hflip", "crop"]] = ["hflip", "crop"]
     crop_padding: int = Field(4, ge=1, description="the padded random crop's padding in pixels (CIFAR's 4 at 32x32)")
     options: dict[str, Any] = {}
+    split_seed: int | None = Field(None, ge=0, description=(
+        "the seed the splits are drawn with (the dataset function's seed=); default: the run's seed. A recipe "
+        "whose baseline is a checkpoint pins it to the split the checkpoint was trained on"))
+
+    def seed_for(self, run_seed: int) -> int:
+        """The seed the data is built with: ``split_seed`` when pinned, else the run's seed."""
+        return run_seed if self.split_seed is None else self.split_seed
 
     @field_validator("dataset")
     @classmethod
@@ -438,6 +445,13 @@ class Recipe(_Strict):
             if self.seed is not None and self.seed != self.seeds[0]:
                 raise ValueError(f"@seeds: seed = {self.seed} and seeds = {self.seeds}: give one of them (with seeds, "
                                  f"the first one is the recipe's seed) || fix: remove seed")
+        if self.model.checkpoint is not None and self.data.split_seed is None:
+            raise ValueError(
+                "@data.split_seed: the baseline is loaded from model.checkpoint, and the data's splits follow the "
+                "run's seed, which --optcheck-seed and calibration vary: under another seed the test split would "
+                "hold images the checkpoint was trained on, and its accuracy would be inflated || fix: set "
+                "data.split_seed to the seed of the split the checkpoint was trained on (for a dataset function "
+                "whose split ignores its seed, any value, e.g. split_seed = 0)")
         declared = {m.name: m for m in self.metrics}
         if len(declared) != len(self.metrics):
             twice = next(m.name for m in self.metrics if [x.name for x in self.metrics].count(m.name) > 1)

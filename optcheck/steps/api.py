@@ -160,5 +160,5 @@ def team_training(run: StepRun, model: Any, function: str, *, epochs: int, lr: f
     history = fit(model, training)
     if history is not None and not isinstance(history, dict):
         run.fail(f"{function} returned {type(history).__name__}: a training function trains the model in place "
-                 "and returns None or a dict (its history)", f"return None, or a dict such as {{'val_acc': [...]}}")
+                 "and returns None or a dict (its history)", "return None, or a dict such as {'val_acc': [...]}")
     return dict(history or {})

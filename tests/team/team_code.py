@@ -17,13 +17,24 @@ def _count(name: str) -> None:
     CALLS[name] = CALLS.get(name, 0) + 1
 
 
+class Net(nn.Module):
+    """The team's classifier: three conv blocks and a linear head."""
+
+    def __init__(self, num_classes: int = 4, width: int = 16):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU())
+        self.head = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean((2, 3)))
+
+
 def net(num_classes: int = 4, width: int = 16) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-                         nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * width),
-                         nn.ReLU(), nn.Conv2d(2 * width, 2 * width, 3, padding=1, bias=False),
-                         nn.BatchNorm2d(2 * width), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(2 * width, num_classes))
+    return Net(num_classes, width)
 
 
 def wide_net(num_classes: int = 4) -> nn.Module:
@@ -36,7 +47,7 @@ def data(seed: int = 0, samples: int = 320) -> dict:
     prototypes = torch.randn(4, 3, 16, 16, generator=g)
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(samples) % 4
-    x = prototypes[y] + 0.9 * torch.randn(samples, 3, 16, 16, generator=g)
+    x = prototypes[y] + 1.6 * torch.randn(samples, 3, 16, 16, generator=g)
     order = torch.randperm(samples, generator=g)
     x, y = x[order], y[order]
     a, b = int(0.6 * samples), int(0.75 * samples)
@@ -143,8 +154,9 @@ def quantize_int8(model, run):
 
     import modelopt.torch.quantization as mtq
 
-    config = copy.deepcopy(mtq.INT8_DEFAULT_CFG)
-    config["quant_cfg"]["*input_quantizer"] = {"enable": False}
+    config = copy.deepcopy(mtq.INT8_DEFAULT_CFG)  # Model Optimizer 0.47: quant_cfg is a list of rules, in order
+    config["quant_cfg"] = [r for r in config["quant_cfg"] if r.get("quantizer_name") != "*input_quantizer"]
+    config["quant_cfg"].append({"quantizer_name": "*input_quantizer", "enable": False})
     batches = [x for (x, _y), _ in zip(run.ctx.train_loader(), range(4))]
 
     def forward_loop(m):
@@ -166,7 +178,7 @@ def halve_channels(model, run):
 
     example = torch.zeros(1, 3, 16, 16)
     pruner = tp.pruner.MagnitudePruner(model.eval(), example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                       pruning_ratio=0.5, ignored_layers=[model[-1]])
+                                       pruning_ratio=0.5, ignored_layers=[model.head])
     pruner.step()
     return model
 
