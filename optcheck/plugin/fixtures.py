@@ -1,7 +1,9 @@
 """Fixtures for a user's own tests: the artifacts of the recipe named by ``@pytest.mark.optcheck_recipe``.
 
-Every fixture hands out a copy: ``mtq.quantize``, ``mts.sparsify`` and friends change a model in
-place, and a test that did so to the session's own model would change what later budget items judge.
+Every artifact fixture hands out a copy: ``mtq.quantize``, ``mts.sparsify`` and friends change a model
+in place, and a test that did so to the session's own model would change what later budget items judge.
+``optcheck_run`` is the exception: it is the session's own ``RecipeRun`` (data loaders, ``make_model``),
+so a model taken from ``optcheck_run.artifact(...)`` is the one the budget items judge.
 
     optcheck_artifacts["quantized"]   any stage, by name (the recipe's plan: the baseline, then one
                                       stage per step)
