@@ -8,7 +8,8 @@ import tomllib
 import pytest
 
 from optcheck.ledger.calibrate import (ACC_FLOOR_IMAGES, MARGIN, REL_FLOOR, Variant, calibration_entries, derive, variants)
-from optcheck.ledger.entries import judge, load_ledger, write_updates
+from optcheck.ledger.entries import judge, load_ledger
+from optcheck.ledger.writing import write_updates
 from optcheck.recipes.loader import parse_recipe
 
 from conftest import tiny_recipe

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from optcheck.ledger.entries import LedgerError, compare, judge, load_ledger, new_entry, tolerances, write_updates
+from optcheck.ledger.entries import LedgerError, compare, judge, load_ledger, new_entry, tolerances
+from optcheck.ledger.writing import write_updates
 from optcheck.recipes.loader import parse_recipe
 
 from conftest import tiny_recipe

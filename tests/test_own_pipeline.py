@@ -445,6 +445,23 @@ def test_the_fastnas_score_and_the_calibration_loop_are_the_teams(tmp_path, chec
         broken.artifact("pruned")
 
 
+def test_a_search_that_misses_its_flops_target_fails_the_step_exactly_with_model_optimizers_verdict(tmp_path):
+    """The check is exact (optcheck's count is Model Optimizer's). A flat score leaves the smallest
+    widths most "sensitive", so the binary search never tries them: for a 41% target mtp.prune returns a
+    42.6% subnet with best is_satisfied = False and no warning (inside the 5% slack the check once had)."""
+    body = ('[[steps]]\nkind = "fastnas"\nflops = "{flops}"\nchannel_divisor = 8\nfeature_divisor = 8\n'
+            'calib_batches = 1\nscore = "team_code:plateau_score"\n[budgets]\nflops_below = "60%"\n')
+    with pytest.raises(StepError) as err:
+        make_run(tmp_path, body.format(flops="41%")).artifact("pruned")
+    message = str(err.value)
+    assert "over the step's own constraint flops = '41%'" in message and "(42.6% of the baseline)" in message
+    assert "best is_satisfied = False, 0 subnets satisfied the constraint" in message
+    assert "steps[0]" in message and "fix:" in message
+    met = make_run(tmp_path, body.format(flops="50%"), name="met").artifact("pruned")  # the same subnet meets 50%
+    assert met.info["search"] == {"is_satisfied": True, "num_satisfied": met.info["search"]["num_satisfied"],
+                                  "count": met.metrics.flops} and met.info["search"]["num_satisfied"] > 0
+
+
 @pytest.mark.parametrize(("function", "engine"), [("quantize_int8", "modelopt"), ("damage", "state_dict"),
                                                   ("halve_channels", "torch_pruning")])
 def test_a_custom_step_saves_and_restores_as_it_declares(tmp_path, checkpoint, function, engine):

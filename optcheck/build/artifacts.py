@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from optcheck.build.data import DataBundle, make_loader
 from optcheck.build.measure import count_flops, count_params, file_bytes, sparsity, weight_bytes
+from optcheck.build.structure import structural_facts
 from optcheck.build.models import build_model
 from optcheck.build.training import Log, evaluate
 
@@ -38,6 +39,7 @@ class Metrics:
     size_bytes: int | None = None  # parameters at their real bit-widths (``measure.weight_bytes``)
     sparsity: float | None = None  # zero share of the sparsified layers' weights; None: none sparsified
     extra: dict[str, float] = field(default_factory=dict)  # the team's [[metrics]], by name (their split's value)
+    structure: dict[str, int | str] = field(default_factory=dict)  # build.structure: held exactly by the ledger
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,7 +123,7 @@ class Context:
         val_acc, val_n = evaluate(model, self.val_loader, self.device)
         return Metrics(test_acc, test_n, val_acc, val_n, count_flops(model, self.dummy_input()),
                        count_params(model), file_bytes(path), seconds, weight_bytes(model), sparsity(model),
-                       self.team_metrics(model))
+                       self.team_metrics(model), structural_facts(model, self.dummy_input()))
 
     def team_metrics(self, model: nn.Module) -> dict[str, float]:
         """Every ``[[metrics]]`` of the recipe on ``model``, by name (``build.metrics``)."""

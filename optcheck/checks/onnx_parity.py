@@ -1,11 +1,9 @@
 """Deployment parity: a stage's model exported to ONNX and run with onnxruntime on the test split,
 compared with the PyTorch model in eval mode (logits' largest absolute difference, top-1 agreement).
 
-The exporter is torch's TorchScript-based one (``torch.onnx.export(..., dynamo=False)``, opset 17):
-it is the one that exports Model Optimizer's fake-quantized models, writing QuantizeLinear /
-DequantizeLinear pairs; the dynamo exporter fails on them (a data-dependent guard in modelopt's
-``tensor_quant``; measured in ../shared/COMPRESSION-ON-CPU.md). It traces: Python control flow in
-``forward`` is frozen at the traced batch, which is what this check exists to catch.
+The exporter is ``build.onnx_export``'s (TorchScript, opset 17: the one that exports Model Optimizer's
+fake-quantized models). It traces: Python control flow in ``forward`` is frozen at the traced batch,
+which is what this check exists to catch.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-OPSET = 17
+from optcheck.build.onnx_export import OPSET, ExportError, export  # noqa: F401 - this check's API
 
 
 @dataclass(frozen=True)
@@ -33,36 +31,6 @@ class Parity:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class ExportError(RuntimeError):
-    """The model could not be exported or run: a parity budget then fails (never passes silently)."""
-
-
-def export(model, example, path: Path) -> Path:
-    """``model`` (eval mode) to ONNX at ``path`` with a dynamic batch dimension."""
-    import warnings
-
-    import torch
-
-    model.eval()
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # the exporter's own deprecation notice concerns the API, not the user's model
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", message=".*dynamo=False.*")
-            # an optimisation the exporter skips (strided slices), not a difference in what it computes
-            warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
-            # Model Optimizer's quantizers branch on tensors while traced (amax checks): its noise, not
-            # the user's; a TracerWarning raised in the user's own forward still shows
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"modelopt\.")
-            torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=OPSET,
-                              input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    except Exception as exc:  # noqa: BLE001 - any failure to export is the finding
-        raise ExportError(f"torch.onnx.export (TorchScript exporter, opset {OPSET}) raised "
-                          f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
-    return path
 
 
 def compare(model, loader, path: Path, example) -> Parity:

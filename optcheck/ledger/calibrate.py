@@ -147,6 +147,8 @@ class Calibration:
 def calibration_entries(recipe: str, platform: str, runs: list[dict[str, Any]], stages: list[str],
                         exact: Callable[[str], bool], when: str | None = None) -> Calibration:
     """Turn the variants' metrics into ledger entries (middle of the range, tolerances, ranges)."""
+    from optcheck.ledger.entries import ordered_facts
+
     when = when or datetime.date.today().isoformat()
     cal = Calibration(recipe, platform, runs)
     labels = [r["variant"] for r in runs]
@@ -177,6 +179,14 @@ def calibration_entries(recipe: str, platform: str, runs: list[dict[str, Any]], 
             if exact(stage) and metric in ("flops", "params") and d.observed[0] != d.observed[1]:
                 cal.problems.append(f"{stage}.{metric} should be exact on any machine but moved "
                                     f"({d.observed[0]:,.0f}..{d.observed[1]:,.0f}): report this as a bug")
+        structures = [m.get("structure") or {} for m in ms]
+        if structures[0] and all(st == structures[0] for st in structures):
+            entry["structure"] = ordered_facts(structures[0])  # exact: the same under every variant
+        elif any(structures):
+            moved = sorted({k for st in structures for k in st if st.get(k) != structures[0].get(k)})
+            cal.problems.append(f"{stage}: structural facts differ between the variants ({', '.join(moved)}): "
+                                "not recorded; the ledger holds them exactly, so a searched architecture that "
+                                "moves with the numerics cannot keep them")
         entry.update(tolerance=tolerance, observed=observed, calibration=text,
                      written_by=runs[0]["fingerprint"])
         cal.entries[stage] = entry
@@ -244,7 +254,7 @@ def calibrate_recipes(paths: list[Path], count: int, *, ledger_path: Path, devic
 
     A recipe whose data is missing is skipped; one whose variants fail is reported, not written.
     """
-    from optcheck.ledger.entries import write_updates
+    from optcheck.ledger.writing import write_updates
     from optcheck.pipeline.run import RecipeRun
     from optcheck.recipes.loader import load_recipe
 

@@ -9,6 +9,7 @@
     observed = { test_acc = [0.980556, 0.991667], flops = [33554432, 40404352], ... }
     calibration = "8 runs on 2026-11-21: seeds 0-1 x kernels default/avx2 x threads 1/2; ..."
     written_by = { cpu = "...", capability = "AVX512", isa = "...", threads = 1, torch = "...", ... }
+    structure = { quant_input = 0, ..., modes = "fastnas export_nas" }  # build.structure: exact
     known_failure = "GH-42: ..."  # optional: the check xfails with this reason
 
     [torchvision_zoo.cpu.squeezenet1_0]   # a zoo recipe's model (zoo_recipe.py): no metrics, a known failure
@@ -29,20 +30,20 @@ load; their FLOPs and params are judged with the recipe's ``[ledger]`` defaults 
 fixed-architecture stage, ``architecture_tolerance`` for a searched one), because exactness there was
 the false alarm this format caused. Times are never gated.
 
-Reading validates everything and names the line of any problem (``LedgerError``). Writing happens
-once per session, in one process (the xdist controller), after every check has run: values change in
-place (comments and order are kept, via tomlkit) and new entries are appended in a fixed order, so a
-review diff shows only what changed. The file is replaced atomically.
+``structure`` holds the stage's structural facts (``build.structure``: enabled quantizers, bit-widths,
+calibrated scales, sparse masks, Model Optimizer modes, ONNX Q/DQ nodes) exactly: no tolerance and no
+calibration, because none of them moves with numerics; an upgrade that moves one fails the check.
+
+Reading validates everything and names the line of any problem (``LedgerError``). Writing
+(``ledger.writing``) happens once per session, in one process (the xdist controller).
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-import os
 import re
 import tomllib
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,22 +53,12 @@ from optcheck.core.errors import OptcheckError
 PLATFORMS = ("cpu", "cuda")
 STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a stage name, as recipes allow it
 METRICS = ("test_acc", "flops", "params", "ckpt_bytes")
-FIELDS = (*METRICS, "tolerance", "observed", "calibration", "written_by", "accuracy_tolerance",
+FIELDS = (*METRICS, "structure", "tolerance", "observed", "calibration", "written_by", "accuracy_tolerance",
           "bytes_tolerance", "known_failure")
+STRUCTURE = "structure"  # build.structure's facts: held exactly (no tolerance, not calibrated)
 ZOO_FIELDS = ("known_failure", "phase", "match")  # a zoo model's entry
 LEGACY_TOLERANCE = {"accuracy_tolerance": "test_acc", "bytes_tolerance": "ckpt_bytes"}
 TICKET = re.compile(r"([A-Z][A-Z0-9]+-\d+|#\d+|https?://\S+)")
-HEADER = """\
-# optcheck regression ledger: the accepted metrics of each recipe's stages, per platform. It
-# detects drift; the budgets in the recipes are the contracts. Each metric passes when
-# |measured - value| <= tolerance (test_acc: absolute; flops, params, ckpt_bytes: relative to the
-# value), in both directions. Tolerances come from `pytest --optcheck --optcheck-calibrate N`,
-# which rebuilds each recipe under N seeds / CPU kernel paths / thread counts and writes the
-# observed range and the tolerance derived from it. Accept new values with
-# `pytest --optcheck --optcheck-update` (failed or missing entries only) or `--optcheck-update-all`,
-# then review the diff and commit it. To record a known failure, add
-# known_failure = "<TICKET-1>: <why>" to its entry: the check then xfails with that reason.
-"""
 
 
 class LedgerError(OptcheckError):
@@ -86,6 +77,10 @@ class Mismatch:
     observed: list | None = None  # the calibration's [min, max], if calibrated
 
     def render(self) -> str:
+        if self.metric.startswith(f"{STRUCTURE}."):  # a structural fact: exact, any JSON scalar
+            return f"{self.metric}: {self.measured!r} now, {self.reference!r} in the ledger ({self.rule})"
+        if self.reference is None and self.metric == STRUCTURE:
+            return f"{STRUCTURE}: {self.rule}"
         if self.reference is None:  # a team metric the entry does not hold yet
             return f"{self.metric}: {self.measured:.6g} now; {self.rule}"
         if self.metric not in METRICS:  # a team metric: absolute, in its own units
@@ -196,6 +191,11 @@ def _check_entry(entry: dict, display: str, text: str, where: list[str], team: s
                 isinstance(v, list) and len(v) == 2 and all(_number(x) for x in v) and v[0] <= v[1]
                 for v in value.values())
             want = "an inline table of metric = [min, max], e.g. { flops = [100, 120] }"
+        elif key == STRUCTURE:
+            ok = isinstance(value, dict) and all(
+                isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)) for v in value.values())
+            want = ("an inline table of the stage's structural facts (whole numbers and strings), as "
+                    "--optcheck-update writes it")
         elif key == "written_by":
             ok = isinstance(value, dict) and all(isinstance(v, (str, int)) for v in value.values())
             want = "an inline table of the numerics fingerprint (cpu, capability, isa, threads, torch, ...)"
@@ -309,7 +309,26 @@ def compare(entry: dict[str, Any], measured: dict[str, Any], defaults: dict[str,
         if abs(now - ref) > allowed + 1e-9 * max(1.0, abs(ref)):
             shown = now if absolute else int(now)
             out.append(Mismatch(metric, shown, ref, _rule(metric, tol.get(metric, 0.0)), observed.get(metric)))
-    return out
+    return out + compare_structure(entry.get(STRUCTURE), measured.get(STRUCTURE))
+
+
+def ordered_facts(facts: dict[str, Any]) -> dict[str, Any]:
+    """The facts in ``build.structure.FACTS`` order (a cached artifact's come back sorted), others after."""
+    from optcheck.build.structure import FACTS
+
+    return {**{k: facts[k] for k in FACTS if k in facts}, **{k: v for k, v in facts.items() if k not in FACTS}}
+
+
+def compare_structure(ref: dict[str, Any] | None, now: dict[str, Any] | None) -> list[Mismatch]:
+    """The structural facts that differ from the entry's, each exactly; an entry without facts (written
+    before optcheck recorded them) is one mismatch that asks for them to be recorded."""
+    if not now:
+        return []
+    if ref is None:
+        return [Mismatch(STRUCTURE, 0, None, "not in the ledger entry yet (record it with --optcheck-update: "
+                         "the entry's other values stay as they are)")]
+    return [Mismatch(f"{STRUCTURE}.{key}", now.get(key), ref.get(key), "a structural fact: must match exactly")
+            for key in dict.fromkeys([*ref, *now]) if now.get(key) != ref.get(key)]
 
 
 def new_entry(measured: dict[str, Any], old: dict[str, Any] | None, defaults: dict[str, float],
@@ -319,6 +338,8 @@ def new_entry(measured: dict[str, Any], old: dict[str, Any] | None, defaults: di
     entry: dict[str, Any] = {"test_acc": round(float(measured["test_acc"]), 6), "flops": int(measured["flops"]),
                              "params": int(measured["params"]), "ckpt_bytes": int(measured.get("ckpt_bytes") or 0)}
     entry.update({name: float(f"{float(measured[name]):.6g}") for name in team if measured.get(name) is not None})
+    if measured.get(STRUCTURE):
+        entry[STRUCTURE] = ordered_facts(measured[STRUCTURE])
     entry["tolerance"] = {k: _round(v) for k, v in (tolerances(old, defaults) if old else defaults).items()}
     for key in ("observed", "calibration", "known_failure"):
         if old and key in old:
@@ -333,72 +354,6 @@ def new_entry(measured: dict[str, Any], old: dict[str, Any] | None, defaults: di
 
 def _round(x: float) -> float:
     return float(f"{x:.4g}")
-
-
-# -- writing ---------------------------------------------------------------------------------------------
-
-def write_updates(path: Path, updates: dict[tuple[str, str, str], dict[str, Any]],
-                  stage_order: dict[str, list[str]] | None = None) -> None:
-    """Apply ``{(recipe, platform, stage): entry}`` to the file at ``path`` and replace it atomically.
-
-    Existing tables keep their place and comments (values change in place); new tables are appended
-    in sorted recipe/platform order and pipeline stage order (``stage_order``: recipe -> its stages).
-    """
-    import tomlkit
-
-    if not updates:
-        return
-    doc = tomlkit.parse(path.read_text(encoding="utf-8")) if path.exists() else tomlkit.parse(HEADER)
-    def place(item) -> tuple:
-        recipe, platform, stage = item[0]
-        order = (stage_order or {}).get(recipe, [])
-        return (recipe, platform, order.index(stage) if stage in order else len(order), stage)
-
-    for (recipe, platform, stage), entry in sorted(updates.items(), key=place):
-        if recipe not in doc:
-            doc.append(recipe, tomlkit.table(is_super_table=True))
-        if platform not in doc[recipe]:
-            doc[recipe].append(platform, tomlkit.table(is_super_table=True))
-        tables = doc[recipe][platform]
-        # optcheck's metrics, then the team's (fields the entry has besides FIELDS), then the rest
-        keys = [*METRICS, *(k for k in entry if k not in FIELDS), *FIELDS[len(METRICS):]]
-        if stage in tables:
-            table = tables[stage]
-            team_gone = [k for k in table if k not in FIELDS and k not in entry]  # a metric the recipe dropped
-            for key in keys + team_gone:
-                if key in entry and (key not in table or _plain(table[key]) != entry[key]):
-                    table[key] = _toml_value(entry[key])
-                elif key not in entry and key in table and key != "known_failure":
-                    del table[key]  # e.g. a legacy accuracy_tolerance replaced by the tolerance table
-        else:
-            table = tomlkit.table()
-            for key in keys:
-                if key in entry:
-                    table.add(key, _toml_value(entry[key]))
-            tables.append(stage, table)
-    text = tomlkit.dumps(doc)
-    tomllib.loads(text)  # never write a file we could not read back
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _toml_value(value: Any):
-    """Dicts become inline tables (one line per field in the file), everything else as it is."""
-    import tomlkit
-
-    if isinstance(value, dict):
-        table = tomlkit.inline_table()
-        for k, v in value.items():
-            table[k] = list(v) if isinstance(v, tuple) else v
-        return table
-    return value
-
-
-def _plain(value: Any) -> Any:
-    unwrap = getattr(value, "unwrap", None)
-    return unwrap() if unwrap else value
 
 
 # -- judging one stage ---------------------------------------------------------------------------------
@@ -421,6 +376,7 @@ class Judgement:
             "delta": {k: measured[k] - ref[k] for k in keys
                       if ref and measured.get(k) is not None and ref.get(k) is not None} if ref else None,
             "tolerance": tolerances(ref, {}) if ref else None,
+            "structure": {"measured": measured.get(STRUCTURE), "reference": ref.get(STRUCTURE)},
             "mismatches": [m.render() for m in self.mismatches],
             "updated": self.update is not None,
         }
@@ -468,7 +424,11 @@ def judge(ledger: Ledger, recipe, platform: str, stage: str, measured: dict[str,
                          f"`--optcheck-calibrate 8`), review the diff and commit the ledger")
     mismatches = compare(entry, measured, defaults, team)
     accepted = new_entry(measured, entry, defaults, fingerprint, team)
-    changed = any(accepted.get(k) != entry.get(k) for k in (*METRICS, *team))
+    if mismatches and all(m.reference is None for m in mismatches):
+        # only fields the entry does not hold yet (a new team metric, the structural facts): record them
+        # and leave the accepted values, their tolerances and calibration as they are
+        accepted = {**entry, **{k: accepted[k] for k in (*team, STRUCTURE) if k in accepted and k not in entry}}
+    changed = any(accepted.get(k) != entry.get(k) for k in (*METRICS, *team, STRUCTURE))
     if update == "all":
         return Judgement(update=accepted if changed else None, reference=entry, mismatches=mismatches)
     if not mismatches:

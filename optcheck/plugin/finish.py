@@ -74,7 +74,7 @@ def session_meta(config, state) -> dict[str, Any]:
 
 def finish_session(config, state) -> list[str]:
     """Write the ledger updates and every requested report, once; return lines for the summary."""
-    from optcheck.ledger.entries import write_updates
+    from optcheck.ledger.writing import write_updates
 
     from optcheck.plugin.results import merged
 

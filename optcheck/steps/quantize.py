@@ -122,11 +122,30 @@ def build(run, parent):
             team(m, batches)
 
     model = mtq.quantize(model, config_of(step), forward_loop)
+    check_quantizers(run, model)
     path = run.save_modelopt(model)
     artifact = run.finish(model, {"modelopt": path}, {"format": step.format, "calibration_batches": seen["batches"]})
     ctx.log(f"quantize: {step.format} calibrated on {seen['batches']} batches; weights "
             f"{artifact.metrics.size_bytes:,} bytes")
     return artifact
+
+
+def check_quantizers(run, model) -> None:
+    """The step's own promise, before anything is saved: Model Optimizer left quantizers enabled, and
+    every calibrated scale is finite (the classes of Model-Optimizer #104, "all quantizers disabled",
+    and #729, NaN after calibration). The ledger holds the counts exactly besides (``build.structure``)."""
+    from optcheck.build.structure import amax_state, quantizers
+
+    found = quantizers(model)
+    enabled = [(name, q) for name, _, q in found if getattr(q, "is_enabled", False)]
+    if not enabled:
+        run.fail(f"mtq.quantize left none of the model's {len(found)} quantizers enabled: the model is not quantized",
+                 f"check steps[{run.stage.index}].format and the layers it applies to")
+    bad = [name for name, q in enabled if amax_state(q) == "nonfinite"]
+    if bad:
+        run.fail(f"calibration gave {len(bad)} of {len(enabled)} enabled quantizers a NaN or infinite amax "
+                 f"({', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''})",
+                 "check the calibration data for NaN / infinite activations (and the forward_loop, if the team's)")
 
 
 def preflight(check) -> None:

@@ -7,12 +7,10 @@ import contextlib
 import io
 from collections.abc import Iterator
 
-from optcheck.steps.fastnas import CONSTRAINT_SLACK
 
 
 OUTPUT_ATOL = 1e-6  # compare / convert / export: eval outputs equal up to this (0.0 measured everywhere)
 PRUNE_FLOPS = "70%"  # the prune phase's and the recipe path's FastNAS target
-PRUNE_SLACK = CONSTRAINT_SLACK  # the FastNAS step's allowance for Model Optimizer's count
 SAMPLE_TRIES = 20
 # Restores per model, each into another fresh instance. Model Optimizer 0.47 pairs a concatenation's
 # width with its inputs' widths in the order of ``list(set(inputs))`` (modelopt/torch/nas/hparams/
