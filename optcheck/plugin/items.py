@@ -53,6 +53,8 @@ class RecipeFile(pytest.File):
             for stage in stages_of(recipe):
                 items.append(LedgerItem.from_parent(self, name=f"ledger[{stage}]", check=f"ledger[{stage}]",
                                                     stage=stage, run=run))
+        items += [GoldenItem.from_parent(self, name=f"golden[{stage}]", check=f"golden[{stage}]", stage=stage, run=run)
+                  for stage in recipe.golden]
         for item in items:
             item.add_marker(pytest.mark.xdist_group(f"optcheck-{recipe.name}"))
             if skip_reason:
@@ -402,3 +404,47 @@ class LedgerItem(_CheckItem):
                 self.user_properties.append((f"optcheck.{self.stage}.{metric}.ledger", details["reference"][metric]))
         if verdict.failure:
             raise AssertionError(verdict.failure)
+
+
+class GoldenItem(_CheckItem):
+    """``recipes/<name>.toml::golden[<stage>]``: the stage's committed golden checkpoint restores with
+    today's stack and reproduces its recorded logits (``ledger.golden``). Never replayed from the cache:
+    what it judges is the installed stack."""
+
+    def __init__(self, *, stage: str, **kwargs):
+        super().__init__(**kwargs)
+        self.stage = stage
+
+    def setup(self) -> None:
+        import json
+
+        from optcheck.pipeline.golden import META, folder_for
+        from optcheck.plugin.session import get_state
+
+        if self.run is None or get_state(self.config).update == "all":
+            return
+        try:
+            meta = json.loads((folder_for(self.run.recipe, self.stage) / META).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return  # missing or unreadable: runtest says so
+        if isinstance(meta, dict) and meta.get("known_failure"):  # an accepted, ticketed failure
+            self.add_marker(pytest.mark.xfail(reason=str(meta["known_failure"]), strict=True, raises=AssertionError))
+
+    def runtest(self) -> None:
+        from functools import partial
+
+        from optcheck.core.quiet import library_noise
+        from optcheck.ledger.golden import judge, measure_tolerance
+        from optcheck.plugin.session import get_state
+
+        state = get_state(self.config)
+        self.prepare()
+        measure = partial(measure_tolerance, rootdir=self.config.rootpath,
+                          import_paths=tuple(str(p) for p in self.config.getini("pythonpath")))
+        with library_noise():
+            verdict = judge(self.run, self.stage, state.update, measure=measure, display=state.relpath)
+        for key, value in verdict.details.items():
+            self.user_properties.append((f"optcheck.golden.{key}", value))
+        if verdict.failure:
+            raise AssertionError(verdict.failure)
+

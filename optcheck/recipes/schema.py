@@ -425,6 +425,8 @@ class Recipe(_Strict):
     latency: LatencyConfig = LatencyConfig()
     properties: PropertiesConfig | None = None
     metrics: list[MetricConfig] = Field([], description="[[metrics]]: the team's quality metrics besides top-1")
+    golden: list[str] = Field([], description="stages whose committed golden checkpoint (golden/<name>/<stage>/ "
+                              "beside the recipe) today's stack must restore and reproduce: golden[<stage>] items")
     ledger: LedgerDefaults = LedgerDefaults()
     path: Path | None = Field(None, exclude=True)
 
@@ -483,6 +485,13 @@ class Recipe(_Strict):
                 where = [f"steps[{i - 1}]" if i else "the baseline" for i, n in enumerate(names) if n == name]
                 raise ValueError(f"@steps: two stages are named {name!r} ({' and '.join(where)}) || fix: give the "
                                  f"later step its own name, e.g. name = '{name}2'")
+        for i, stage in enumerate(self.golden):
+            if stage not in names:
+                near = difflib.get_close_matches(stage, names, n=1)
+                raise ValueError(f"@golden[{i}]: the recipe has no stage {stage!r}; its stages are {', '.join(names)} "
+                                 f"|| fix: {f'did you mean {near[0]!r}?' if near else 'name one of them'}")
+        if len(set(self.golden)) != len(self.golden):
+            raise ValueError("@golden: a stage is listed twice || fix: list each stage once")
         if not self.steps and [r for r in self.budgets.refs() if r[1] != "baseline_accuracy_at_least"]:
             raise ValueError("@steps: the recipe has no [[steps]], so its budgets would compare the baseline with "
                              "itself and could never fail || fix: add a [[steps]] table (kind = "
