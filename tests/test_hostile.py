@@ -517,14 +517,15 @@ def test_a_fastnas_subnet_over_its_own_constraint_is_a_step_error():
     run = StepRun(ctx, Stage("pruned", KINDS["fastnas"], 0, step, "baseline"), artifacts=lambda _s: None,
                   root="baseline")
     full = Metrics(0.9, 100, 0.9, 50, flops=1_000_000, params=5_000, ckpt_bytes=None, seconds=0.0)
-    within = Metrics(0.9, 100, 0.9, 50, flops=620_000, params=2_000, ckpt_bytes=None, seconds=0.0)
-    check_constraint(run, within, full)  # within Model Optimizer's counting slack (5%): kept
-    over = Metrics(0.9, 100, 0.9, 50, flops=1_000_000, params=5_000, ckpt_bytes=None, seconds=0.0)
-    with pytest.raises(StepError) as info:
-        check_constraint(run, over, full)
+    at_target = Metrics(0.9, 100, 0.9, 50, flops=600_000, params=2_000, ckpt_bytes=None, seconds=0.0)
+    check_constraint(run, at_target, full)  # exact: the target itself meets it
+    over = Metrics(0.9, 100, 0.9, 50, flops=600_001, params=2_000, ckpt_bytes=None, seconds=0.0)
+    with pytest.raises(StepError) as info:  # one FLOP over fails: optcheck's count is Model Optimizer's
+        check_constraint(run, over, full, {"is_satisfied": False, "num_satisfied": 0, "count": 600_001})
     message = str(info.value)
     assert "r.toml: steps[0] (kind = 'fastnas') failed" in message
-    assert "1M FLOPs (100.0% of the baseline), over the step's own constraint flops = '60%' = 600k FLOPs" in message
+    assert "600k FLOPs (60.0% of the baseline), over the step's own constraint flops = '60%' = 600k FLOPs" in message
+    assert "Model Optimizer's own state agrees (best is_satisfied = False, 0 subnets satisfied" in message
 
 
 def test_evaluation_on_an_empty_split_or_foreign_labels_is_an_error():

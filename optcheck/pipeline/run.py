@@ -337,6 +337,7 @@ class RecipeRun:
         its parent was built in this process (tests/test_pipeline.py)."""
         from optcheck.build.artifacts import Artifact
         from optcheck.core.quiet import library_noise
+        from optcheck.core.warnings_log import recording, replay, summary
         from optcheck.pipeline.checkpoints import architecture_files, load_model
         from optcheck.steps.api import StepRun
 
@@ -357,7 +358,10 @@ class RecipeRun:
             given = None if parent is None else Artifact(
                 parent.stage, None, parent.metrics, parent.path, parent.files, parent.info,
                 load=lambda: load_model(ctx, above, parent.files))
-            artifact = plan.kind.build(StepRun(ctx, plan, self.artifact, self.root_stage()), given)
+            with recording() as caught:
+                artifact = plan.kind.build(StepRun(ctx, plan, self.artifact, self.root_stage()), given)
+            artifact.info["warnings"] = summary(caught)  # kept with the artifact: the upgrade diff reads them
+            replay(caught)  # inside library_noise: its noise stays hidden
             if parent is not None:  # carried along: its own checkpoint restores into that architecture
                 artifact.files = {**architecture_files(parent.files), **artifact.files}
         self.log(f"{self.recipe.name}: built {stage} in {time.perf_counter() - started:.1f} s "

@@ -25,9 +25,12 @@ def export(state) -> dict[str, Any]:
             stages[stage] = {"metrics": art.metrics.as_dict(), "events": [event]}
             if art.info.get("iterations"):  # a step that works in iterations: one row per iteration
                 stages[stage]["iterations"] = art.info["iterations"]
-            for key in ("loaded_from", "sha256"):  # a trained baseline's origin
+            for key in ("loaded_from", "sha256", "warnings"):  # a trained baseline's origin; the build's warnings
                 if art.info.get(key):
                     stages[stage][key] = art.info[key]
+            if art.files:  # where its checkpoint lies (the upgrade diff restores it in another environment)
+                stages[stage]["files"] = {name: str(path) for name, path in art.files.items()}
+                stages[stage]["checkpoint"] = run.stages[stage].checkpoint
         runs[rel] = {
             "recipe": run.recipe.name, "path": rel, "seed": run.seed,
             "device": run.ctx.device.type if run.has_ctx else state.device,
@@ -59,7 +62,7 @@ def merged(state) -> tuple[list[dict[str, Any]], dict[tuple[str, str, str], dict
             for stage, info in run["stages"].items():
                 have = mine["stages"].setdefault(stage, {"metrics": info["metrics"], "events": []})
                 have["events"] += info["events"]
-                for key in ("iterations", "loaded_from", "sha256"):
+                for key in ("iterations", "loaded_from", "sha256", "warnings", "files", "checkpoint"):
                     if info.get(key):
                         have[key] = info[key]
             mine["ledger"].update(run.get("ledger", {}))

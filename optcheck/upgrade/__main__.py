@@ -1,0 +1,5 @@
+import sys
+
+from optcheck.upgrade.cli import main
+
+sys.exit(main())
