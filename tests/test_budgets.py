@@ -11,7 +11,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from optcheck.budgets.judges import check_budget
-from optcheck.recipes.schema import Budgets
+from optcheck.recipes.budget_schema import Budgets
 
 N = 60
 

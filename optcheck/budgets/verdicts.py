@@ -32,7 +32,7 @@ def verdict_key(runs: list[Any], budget: str) -> str | None:
     material = {"budget": budget, "budgets": recipe.budgets.model_dump(mode="json"),
                 "stages": stages, "seeds": [run.seed for run in runs], "judge": judge_id(), "format": 1}
     name = budget if isinstance(budget, str) else budget[1]
-    from optcheck.recipes.schema import LATENCY_BUDGETS
+    from optcheck.recipes.budget_schema import LATENCY_BUDGETS
 
     if name in LATENCY_BUDGETS:  # a time ratio is a property of the machine too, and of how it was measured
         import os

@@ -192,7 +192,7 @@ class BudgetItem(_CheckItem):
     def __init__(self, *, budget: tuple[str | None, str], **kwargs):
         super().__init__(**kwargs)
         self.budget = budget
-        from optcheck.recipes.schema import LATENCY_BUDGETS
+        from optcheck.recipes.budget_schema import LATENCY_BUDGETS
 
         if budget[1] in LATENCY_BUDGETS:
             # what pytest-benchmark looks at: --benchmark-skip skips this item, --benchmark-only keeps it

@@ -13,7 +13,7 @@ from optcheck.steps import registry as step_registry
 from optcheck.core.errors import Problem, RecipeError
 from optcheck.steps.fastnas import FastNASStep  # noqa: F401  (re-exported: defined here before the registry)
 from optcheck.steps.finetune import FinetuneStep  # noqa: F401
-from optcheck.recipes.schema import Budgets, StageBudgets
+from optcheck.recipes.budget_schema import Budgets, StageBudgets
 from optcheck.recipes.schema import Recipe
 from optcheck.recipes.fields import SEED_MAX
 from optcheck.recipes.problems import dedupe, missing, split_message, unknown_key
