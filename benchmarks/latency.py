@@ -6,7 +6,7 @@
 Builds (or takes from the artifact cache; the default is the plugin's own, so a prior
 `pytest --optcheck` run makes this cheap) each recipe's stages at the seed and thread count the
 README's main command uses serially (2 threads on 2 cores), then measures each stage against the
-baseline with ``optcheck.latency.measure``: interleaved rounds after warm-up, the median of the
+baseline with ``optcheck.checks.latency.measure``: interleaved rounds after warm-up, the median of the
 per-round ratios and its 95% interval. Prints one Markdown row per (recipe, stage, runtime, batch):
 candidate and baseline medians, ratio [interval], speed-up. Nothing else may run on the machine.
 """

@@ -50,12 +50,18 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:
-    from optcheck.checks.assertions import (assert_accuracy_at_least, assert_accuracy_drop_under, assert_flops_below, assert_latency_ratio_below, assert_onnx_parity, assert_speedup_at_least, assert_paired_drop_under, assert_params_below, assert_size_below, assert_sparsity_at_least, paired_accuracy_drop)
+    from optcheck.checks.assertions import (assert_accuracy_at_least, assert_accuracy_drop_under,
+                                            assert_flops_below, assert_latency_ratio_below,
+                                            assert_onnx_parity, assert_paired_drop_under,
+                                            assert_params_below, assert_size_below,
+                                            assert_speedup_at_least, assert_sparsity_at_least,
+                                            paired_accuracy_drop)
     from optcheck.checks.restore import assert_restore_roundtrip, assert_same_model
     from optcheck.checks.team_metrics import assert_metric_bound, assert_metric_drop_under
     from optcheck.core.errors import DatasetMissing, RecipeError
     from optcheck.build.measure import count_flops, count_params, sparsity, weight_bytes
-    from optcheck.checks.properties import (PropertyFailure, export_matches_converted, flops_match, flops_monotone, restore_exact, run_property)
+    from optcheck.checks.properties import (PropertyFailure, export_matches_converted, flops_match,
+                                            flops_monotone, restore_exact, run_property)
     from optcheck.checks.search_space import fastnas_search_space
     from optcheck.recipes.loader import load_recipe
 

@@ -392,7 +392,7 @@ def assert_speedup_at_least(candidate: Any, reference: Any, minimum: float, *, e
     """Fail unless ``candidate`` is at least ``minimum`` times faster than ``reference`` (models):
     both timed in the same process, interleaved round by round after ``warmup_rounds``, on
     ``runtime`` (``"torch"`` or ``"onnxruntime"``) at ``batch_size`` and ``threads``
-    (``optcheck.latency``). The speed-up is 1 / the median of the per-round ratios; the message
+    (``optcheck.checks.latency``). The speed-up is 1 / the median of the per-round ratios; the message
     shows both medians, the ratio and its interval. Pass pytest-benchmark's ``benchmark`` fixture to
     time with its timer and options and to put both series into its table and ``--benchmark-json``;
     under ``--benchmark-disable`` this then skips (``latency.LatencyOff``), under pytest-xdist it

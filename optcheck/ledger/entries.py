@@ -12,7 +12,7 @@
     structure = { quant_input = 0, ..., modes = "fastnas export_nas" }  # build.structure: exact
     known_failure = "GH-42: ..."  # optional: the check xfails with this reason
 
-    [torchvision_zoo.cpu.squeezenet1_0]   # a zoo recipe's model (zoo_recipe.py): no metrics, a known failure
+    [torchvision_zoo.cpu.squeezenet1_0]   # a zoo recipe's model (recipes/zoo.py): no metrics, a known failure
     known_failure = "#10: Model Optimizer 0.47 splits a concatenation's width ..."
     phase = "restore"                     # the phase that fails; its item xfails (strict)
     match = "Inconsistent keys in config" # optional: a regex the failure must match, else it is another failure

@@ -6,7 +6,8 @@ checkpoint with today's stack and compares its logits on the recorded batch with
 - Passes when the restore works and both the largest and the mean absolute logit difference are
   within the golden's tolerances (the largest catches one image gone wrong; the mean catches what a
   quantized model's rounding flips hide in the largest: with every quantizer disabled the INT8 digits
-  model's logits move by 0.92 at most but 0.075 on average, against 0.0025 for the rounding flips of 2-ulp perturbations). Fails naming the recipe, the stage, the versions that wrote it and today's, and the
+  model's logits move by 0.92 at most but 0.075 on average, against 0.0025 for the rounding flips of
+  2-ulp perturbations). Fails naming the recipe, the stage, the versions that wrote it and today's, and the
   largest difference (which image, which class) and the top-1 agreement; a restore that raises fails
   with its error (the upgrade broke the checkpoint format).
 - The tolerance is measured when the golden is written, two ways: the restore and forward pass are

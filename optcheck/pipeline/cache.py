@@ -15,7 +15,7 @@ manifest itself; anything that does not verify is moved to ``quarantine/`` with 
 and the caller rebuilds.
 
 This module knows nothing about models: it stores files and JSON. ``pipeline.py`` decides keys and
-what to store; ``stages.py`` turns an entry back into an artifact.
+what to store; ``checkpoints.py`` turns an entry back into an artifact.
 """
 
 from __future__ import annotations

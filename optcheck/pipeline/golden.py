@@ -15,7 +15,8 @@ and reproduce those outputs (``ledger.golden`` judges; this module reads, writes
                                loaded only after its sha256 matched golden.json
         outputs.safetensors    ``inputs`` (the first test images of the recipe's split) and ``logits``
 
-Every other tensor is in safetensors, and ``modelopt_state.pt`` loads with ``weights_only=True``. Restoring reassembles the checkpoint each kind
+Every other tensor is in safetensors, and ``modelopt_state.pt`` loads with ``weights_only=True``.
+Restoring reassembles the checkpoint each kind
 restores from (``mto.save``'s layout, ``tp.state_dict``'s) in a temporary folder and goes through the
 pipeline's own loader (``checkpoints.load_model``), so a golden checkpoint exercises the restore path
 the stage's checkpoint does: ``mto.restore`` for a Model Optimizer stage.

@@ -3,7 +3,7 @@ front so that a mistake is one ``RecipeError`` naming the field and the fix, not
 deep inside scikit-learn, torch or Model Optimizer minutes later.
 
 Each check is a plain function over the stage context (``stages.Context``); ``pipeline.RecipeRun.
-preflight`` calls them in order. The schema (``recipe.py``) already checked what needs no data.
+preflight`` calls them in order. The schema (``recipes/schema.py``) already checked what needs no data.
 """
 
 from __future__ import annotations

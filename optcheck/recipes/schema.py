@@ -163,7 +163,7 @@ class LedgerDefaults(_Strict):
 
 
 class LatencyConfig(_Strict):
-    """How the latency budgets measure (``optcheck.latency``): interleaved rounds of the stage's model
+    """How the latency budgets measure (``optcheck.checks.latency``): interleaved rounds of the stage's model
     and the baseline's, one call each per round, after warm-up rounds; never absolute times."""
 
     runtime: Literal["torch", "onnxruntime"] = Field(
