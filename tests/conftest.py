@@ -34,6 +34,25 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda item: 0 if item.path.name in FIRST else 1)  # stable: the rest keep their order
 
 
+# seconds per test file (setup + call + teardown of its tests), printed at the end of every run of the
+# suite: where CI's time goes, file by file, without a second run (`--durations` lists tests, not files)
+_FILE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    name = report.nodeid.split("::", 1)[0]
+    _FILE_SECONDS[name] = _FILE_SECONDS.get(name, 0.0) + (report.duration or 0.0)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if hasattr(config, "workerinput") or not _FILE_SECONDS:
+        return
+    total = sum(_FILE_SECONDS.values())
+    terminalreporter.write_sep("=", f"seconds per test file (summed over workers: {total:.0f} s)")
+    for name, seconds in sorted(_FILE_SECONDS.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"{seconds:8.1f} s  {name}")
+
+
 # torch's default thread count in this process, before any test ran (torch may not be imported yet)
 _THREADS_AT_START = int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
 
