@@ -164,3 +164,27 @@ def test_zizmor_finds_nothing_medium_or_high_in_the_workflow():
 
 def test_the_default_cache_folder_is_ignored_by_git():
     assert ".optcheck/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_a_pull_request_that_changes_the_pins_runs_the_upgrade_ab_against_the_base_branchs_pins():
+    """The upgrade job (docs/upgrades.md "In CI"): on pull requests, only when requirements.lock changed;
+    today's side from the base branch's lock, the candidate the pull request's; the comparison uploaded
+    even when the A/B fails."""
+    from optcheck.upgrade.environment import read_requirements, requirement_name
+
+    job = workflow()["jobs"]["upgrade"]
+    assert "pull_request" in triggers() and job["if"] == "github.event_name == 'pull_request'"
+    by_name = {s.get("name", ""): s for s in job["steps"]}
+    pins = by_name["did the pins change?"]
+    assert 'git diff --quiet "origin/$BASE_REF" HEAD -- requirements.lock' in pins["run"]
+    gated = [s for s in job["steps"] if "pins" not in s.get("id", "") and "run" in s]
+    assert gated and all("steps.pins.outputs.changed == 'true'" in s["if"] for s in gated)
+    today = by_name["today's environment (the base branch's pins)"]["run"]
+    assert 'git show "origin/$BASE_REF:requirements.lock"' in today and "pip install -r" in today
+    [ab] = [s for s in job["steps"] if "optcheck.upgrade" in s.get("run", "")]
+    assert ".venv/bin/python -m optcheck.upgrade -r requirements.lock" in ab["run"]
+    [upload] = [s for s in job["steps"] if "upload-artifact" in s.get("uses", "")]
+    assert upload["if"].startswith("always()") and upload["with"]["path"] in ab["run"]
+    # the lock the job compares is one the A/B reads: name==version lines for the stack it guards
+    names = {requirement_name(r) for r in read_requirements(ROOT / "requirements.lock")}
+    assert {"nvidia-modelopt", "torch", "torchvision", "torchprofile", "torch-pruning", "onnxruntime"} <= names

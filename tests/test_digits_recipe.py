@@ -83,6 +83,9 @@ def test_every_budget_and_ledger_check_passes(jobs):
     assert len(built) >= 5  # every shipped digits recipe (the CIFAR-10 one skips without its data)
     for recipe in built:
         assert recipe["verdicts"] and all(v["outcome"] == "passed" for v in recipe["verdicts"].values()), recipe["path"]
+        # every digits recipe ships a golden checkpoint of its final stage (recipes/golden/), judged here on
+        # AVX2 kernels: the check ran, it was not silently left out
+        assert any(c.split("::")[-1].startswith("golden[") for c in recipe["verdicts"]), recipe["path"]
 
 
 def _events_by_key(doc: dict) -> dict[str, list[str]]:

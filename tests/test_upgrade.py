@@ -251,3 +251,88 @@ def test_the_shipped_known_failures_file_loads():
     today = {"nvidia-modelopt": "0.47.0"}
     assert [k.applies(today, {"nvidia-modelopt": v}) for k in (old, newer) for v in ("0.43.0", "0.45.0", "0.46.1")] == [
         True, False, False, False, True, False]
+
+
+# -- a whole comparison from two sessions' reports (no environments, no sessions run) ---------------------
+
+ACME = Path(__file__).resolve().parents[1] / "examples" / "acme"
+
+
+def acme_session(label: str, *, ece: float, flops_below: str = "passed", ratio: float = 0.8):
+    """A session report of the example project's recipe as the plugin writes it (the parts the comparison
+    reads), judged against the example's committed ledger."""
+    from optcheck.upgrade.environment import Environment
+
+    metrics = {"test_acc": 0.991667, "flops": 14306048, "params": 139818, "ckpt_bytes": 575627,
+               "extra": {"macro_f1": 0.991659, "brier": 0.023012, "ece": ece},
+               "structure": {"quant_input": 0, "modes": ""}}
+    report = {"meta": {"ledger": "recipes/optcheck-ledger.toml"},
+              "recipes": [{"recipe": "acme_digits", "path": "recipes/acme.toml",
+                           "ledger": {"ledger[baseline]": {"platform": "cpu"}},
+                           "verdicts": {"flops_below": {"outcome": flops_below, "message": ""},
+                                        "restore_roundtrip": {"outcome": "passed"},
+                                        "speedup_at_least": {"outcome": "passed", "details": {"ratio": ratio}}},
+                           "stages": {"baseline": {"metrics": metrics}}}]}
+    env = Environment(label, sys.executable, [], {"nvidia-modelopt": ["0.47.0", "0.48.0"]} if label == "candidate"
+                      else {}, 1.0)
+    return SimpleNamespace(env=env, report=report, returncode=0, seconds=2.0)
+
+
+def compare_acme(candidate_ece: float, *, known=(), rootdir: Path = ACME):
+    from optcheck.upgrade.cli import _ledger
+
+    today, candidate = acme_session("today", ece=0.068762), acme_session("candidate", ece=candidate_ece, ratio=0.9)
+    ledger, error = _ledger(today.report, rootdir)
+    return diff.compare(today, candidate, {}, ledger=ledger, older="today", known=list(known), ledger_error=error,
+                        versions={"today": {"nvidia-modelopt": "0.47.0"}, "candidate": {"nvidia-modelopt": "0.48.0"}})
+
+
+def test_a_team_metric_that_leaves_its_ledger_tolerance_fails_the_comparison_with_no_verdict_flipping():
+    from optcheck.upgrade import render
+
+    within = compare_acme(0.068762 + 0.0005)  # the example ledger's ece tolerance: 0.000688
+    assert not within.failed and within.ledger.endswith("optcheck-ledger.toml")
+    moved = compare_acme(0.068762 + 0.002)
+    assert moved.failed and moved.recipes[0].flips == []
+    assert moved.reasons == ["recipes/acme.toml baseline.ece: 0.068762 -> 0.070762, outside the ledger tolerance"]
+    text = render.text(moved)
+    assert "baseline   ece" in text and "+-0.000688  OUTSIDE" in text
+    assert "the same: passed: flops_below, restore_roundtrip, speedup_at_least" in text
+    assert "latency ratio speedup_at_least: 0.800 today, 0.900 in the candidate" in text
+    md = render.markdown(moved)
+    assert "### optcheck upgrade: FAIL" in md and "| baseline | ece | 0.068762 | 0.070762 |" in md
+    assert "| `restore_roundtrip` | passed | passed |  |" in md and "**OUTSIDE**" in md
+    assert "- latency ratio `speedup_at_least`: 0.800 today, 0.900 in the candidate" in md
+
+
+def test_every_verdict_is_listed_and_a_flip_is_marked_in_the_step_summary():
+    from optcheck.upgrade import render
+
+    today, candidate = acme_session("today", ece=0.068762), acme_session("candidate", ece=0.068762,
+                                                                        flops_below="failed")
+    c = diff.compare(today, candidate, {}, ledger=None, older="today")
+    assert c.failed and [v["check"] for v in c.recipes[0].verdicts if v["flipped"]] == ["flops_below"]
+    md = render.markdown(c)
+    assert "| `flops_below` | passed | failed | **FLIPPED** |" in md
+    assert "ledger: none (the sessions ran without one): metrics shown, not judged" in md
+
+
+def test_a_ledger_that_cannot_be_read_fails_the_comparison_instead_of_leaving_metrics_unjudged(tmp_path):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "optcheck-ledger.toml").write_text("[acme_digits.cpu.baseline]\nflops = [\n")
+    c = compare_acme(0.068762, rootdir=tmp_path)
+    assert c.failed and c.reasons[0].startswith("the ledger could not be read, so no metric was judged")
+    assert "not valid TOML" in c.reasons[0]
+
+
+def test_the_comparison_passes_on_a_known_failure_and_fails_the_day_it_no_longer_shows(tmp_path):
+    from optcheck.upgrade.known import load
+
+    path = tmp_path / "optcheck-upgrades.toml"
+    path.write_text('[[known_failure]]\nticket = "#99: ece moves under 0.48"\nmatch = "baseline\\\\.ece: "\n'
+                    'candidate = "nvidia-modelopt>=0.48"\n')
+    known = load(path)
+    explained = compare_acme(0.068762 + 0.002, known=known)
+    assert not explained.failed and explained.judged()[1][0]["ticket"].startswith("#99")
+    fixed = compare_acme(0.068762, known=known)
+    assert fixed.failed and "no longer shows" in fixed.reasons[0]

@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     jobs = sessions.checkpoint_jobs(runs["today"], work, rootdir) + sessions.checkpoint_jobs(runs["candidate"], work,
                                                                                               rootdir)
     probes = {env.label: sessions.probe(env, jobs, work, rootdir=rootdir, log=log) for env in (today, candidate)}
-    ledger = _ledger(runs["today"].report, rootdir)
+    ledger, ledger_error = _ledger(runs["today"].report, rootdir)
     comparison = diff.compare(runs["today"], runs["candidate"], probes, ledger=ledger, older=older, known=known,
-                              versions=versions)
+                              versions=versions, ledger_error=ledger_error)
     wall = time.perf_counter() - started
     print(render.text(comparison))
     print(f"(wall time {wall:.0f} s: candidate environment {candidate.seconds:.1f} s"
@@ -129,14 +129,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _ledger(report: dict, rootdir: Path):
-    """The committed ledger the sessions judged against (its tolerances judge the metric deltas)."""
+    """``(ledger, error)``: the committed ledger the sessions judged against (its tolerances judge the
+    metric deltas), read with each recipe's team metrics (the fields its entries may hold); ``(None, "")``
+    when the sessions ran without a ledger; ``(None, why)`` when it cannot be read (the comparison fails:
+    metrics that go unjudged must not pass silently)."""
     from optcheck.ledger.entries import LedgerError, load_ledger
 
     path = report.get("meta", {}).get("ledger")
     if not path or path == "off":
-        return None
+        return None, ""
     path = Path(path) if Path(path).is_absolute() else rootdir / path
+    team = {r["recipe"]: {name for stage in r.get("stages", {}).values()
+                          for name in ((stage.get("metrics") or {}).get("extra") or {})}
+            for r in report.get("recipes", [])}
     try:
-        return load_ledger(path)
-    except LedgerError:
-        return None
+        return load_ledger(path, metrics=team), ""
+    except LedgerError as exc:
+        return None, str(exc)

@@ -63,6 +63,7 @@ class RecipeDiff:
     name: str
     flips: list[dict[str, Any]] = field(default_factory=list)
     same_verdicts: int = 0
+    verdicts: list[dict[str, Any]] = field(default_factory=list)  # every check: today, candidate, flipped
     metrics: list[MetricRow] = field(default_factory=list)
     structure: list[dict[str, Any]] = field(default_factory=list)
     latency: list[dict[str, Any]] = field(default_factory=list)
@@ -81,6 +82,8 @@ class Comparison:
     sessions: dict[str, dict[str, Any]]
     known: list[Any] = field(default_factory=list)  # upgrade.known entries
     versions: dict[str, dict[str, str]] = field(default_factory=dict)  # label -> installed versions
+    ledger: str = ""  # the ledger whose tolerances judged the metrics ("" when the sessions ran without one)
+    ledger_error: str = ""  # why the ledger could not be read: the metrics went unjudged, which fails
 
     def differences(self) -> list[dict[str, str]]:
         """Everything the upgrade must explain: ``{"where", "text"}`` (text: what a known failure matches)."""
@@ -110,7 +113,9 @@ class Comparison:
     def reasons(self) -> list[str]:
         """What fails the comparison: unexplained differences, and known failures that no longer show."""
         unexplained, _, stale = self.judged()
-        return [f"{d['where']}: {d['text'][:300]}" for d in unexplained] + stale
+        broken = [f"the ledger could not be read, so no metric was judged against its tolerance: "
+                  f"{self.ledger_error}"] if self.ledger_error else []
+        return broken + [f"{d['where']}: {d['text'][:300]}" for d in unexplained] + stale
 
     @property
     def failed(self) -> bool:
@@ -133,6 +138,15 @@ def _headline(message: str) -> str:
     """A failure message's first line that says something (not xdist's "[gw0] linux -- Python ...")."""
     lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip() and not ln.lstrip().startswith("[gw")]
     return lines[0][:300] if lines else ""
+
+
+def verdicts(today: dict[str, Any], candidate: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every check's outcome on both sides (``absent``: it did not run there), ``flipped`` as ``flips``
+    judges it."""
+    flipped = {f["check"] for f in flips(today, candidate)[0]}
+    return [{"check": check, "today": today.get(check, {}).get("outcome", "absent"),
+             "candidate": candidate.get(check, {}).get("outcome", "absent"), "flipped": check in flipped}
+            for check in dict.fromkeys([*today, *candidate])]
 
 
 def flips(today: dict[str, Any], candidate: dict[str, Any], older: str = "today") -> tuple[list[dict[str, Any]], int]:
@@ -262,8 +276,10 @@ def restores(recipe: str, stages: list[str], probes: dict[str, Any], older: str)
 # -- the whole comparison ----------------------------------------------------------------------------
 
 def compare(today, candidate, probes: dict[str, Any], *, ledger, older: str, known: list[Any] = (),
-            versions: dict[str, dict[str, str]] | None = None) -> Comparison:
-    """``today`` / ``candidate``: the two ``sessions.Session``; ``probes``: label -> ``sessions.Probe``."""
+            versions: dict[str, dict[str, str]] | None = None, ledger_error: str = "") -> Comparison:
+    """``today`` / ``candidate``: the two ``sessions.Session``; ``probes``: label -> ``sessions.Probe``;
+    ``ledger``: the committed ledger (``None``: the sessions ran without one, or it could not be read:
+    ``ledger_error`` says why, and fails the comparison)."""
     by_path_a = {r["path"]: r for r in today.report.get("recipes", [])}
     by_path_b = {r["path"]: r for r in candidate.report.get("recipes", [])}
     recipes = []
@@ -275,6 +291,7 @@ def compare(today, candidate, probes: dict[str, Any], *, ledger, older: str, kno
             recipes.append(diff)
             continue
         diff.flips, diff.same_verdicts = flips(a.get("verdicts", {}), b.get("verdicts", {}), older)
+        diff.verdicts = verdicts(a.get("verdicts", {}), b.get("verdicts", {}))
         # the ledger checks say which platform they judged on; "auto" (a warm session built nothing) is cpu
         platform = next((c["platform"] for c in (a.get("ledger") or {}).values() if c.get("platform")),
                         "cuda" if a.get("device") == "cuda" else "cpu")
@@ -292,4 +309,5 @@ def compare(today, candidate, probes: dict[str, Any], *, ledger, older: str, kno
                 for s in (today, candidate)}
     return Comparison(today.env.as_dict(), candidate.env.as_dict(), older, recipes,
                       [w for k, w in wb.items() if k not in wa], [w for k, w in wa.items() if k not in wb], sessions,
-                      list(known), versions or {})
+                      list(known), versions or {}, getattr(ledger, "display", "") if ledger is not None else "",
+                      ledger_error)

@@ -5,7 +5,7 @@ and an entry that applies but matches nothing fails it ("fixed upstream? remove 
     # optcheck-upgrades.toml (beside pyproject.toml; --known FILE picks another)
     [[known_failure]]
     ticket = "#23: INT8 / QAT checkpoints saved by modelopt < 0.46 do not restore under 0.47"
-    match = "use_sequential"                  # a regex over the difference's text (its error included)
+    match = "use_sequential"                  # a regex over where and what: "<recipe> <stage>: <text>"
     candidate = "nvidia-modelopt<0.46"        # optional: applies when the candidate's versions satisfy it
     today = "nvidia-modelopt>=0.47"           # optional: ... and today's these
 
@@ -95,7 +95,8 @@ def classify(reasons: list[dict[str, str]], known: list[Known], today: dict[str,
     used: set[int] = set()
     unexplained, explained = [], []
     for reason in reasons:
-        hit = next((i for i, k in enumerate(applicable) if k.match.search(reason["text"])), None)
+        hit = next((i for i, k in enumerate(applicable) if k.match.search(f"{reason['where']}: {reason['text']}")),
+                   None)
         if hit is None:
             unexplained.append(reason)
         else:

@@ -62,14 +62,32 @@ def restore_line(items: list[Restore], writer: str, reader: str, versions: dict[
 
 
 def _versions(c: Comparison) -> dict[str, str]:
-    """How each side is named in restore lines: the versions that differ, e.g. "modelopt 0.46.1"."""
-    names = list(c.candidate.get("changes") or c.today.get("changes") or {})[:3]
+    """How each side is named in restore lines: the versions that differ, e.g. "modelopt 0.46.1"
+    (``changes``: name -> [today's version, the candidate's])."""
+    changes = c.candidate.get("changes") or {}
+    names = list(changes)[:3]
     out = {}
-    for label, env, index in (("today", c.today, 0), ("candidate", c.candidate, 1)):
-        changes = c.candidate.get("changes") or {}
-        parts = [f"{n.removeprefix('nvidia-')} {changes[n][index]}" for n in names if n in changes]
+    for label, index in (("today", 0), ("candidate", 1)):
+        parts = [f"{n.removeprefix('nvidia-')} {changes[n][index] or 'absent'}" for n in names]
         out[label] = f"{label} ({', '.join(parts)})" if parts else label
     return out
+
+
+def _same(r) -> str:
+    """The checks that agree, grouped by outcome: ``passed: a, b; failed: c``."""
+    groups: dict[str, list[str]] = {}
+    for v in r.verdicts:
+        if not v["flipped"]:
+            key = v["today"] if v["today"] == v["candidate"] else f"{v['today']} / {v['candidate']}"
+            groups.setdefault(key, []).append(v["check"].split("::", 1)[-1])
+    return "; ".join(f"{k}: {', '.join(names)}" for k, names in groups.items())
+
+
+def _ledger_line(c: Comparison) -> str:
+    if c.ledger_error:
+        return f"  ledger: could not be read, metrics unjudged: {c.ledger_error.splitlines()[0]}"
+    return f"  ledger: {c.ledger} (its calibrated tolerances judge the metrics)" if c.ledger else \
+        "  ledger: none (the sessions ran without one): metrics shown, not judged"
 
 
 def text(c: Comparison) -> str:
@@ -79,13 +97,15 @@ def text(c: Comparison) -> str:
     lines = [f"optcheck upgrade: today vs candidate ({_changes(c.candidate)})",
              f"  candidate environment: {built}; "
              f"sessions: today {s['today']['seconds']:.0f} s (exit {s['today']['exit']}), candidate "
-             f"{s['candidate']['seconds']:.0f} s (exit {s['candidate']['exit']})"]
+             f"{s['candidate']['seconds']:.0f} s (exit {s['candidate']['exit']})", _ledger_line(c)]
     for r in c.recipes:
         lines.append(f"{r.path} ({r.name})")
         if r.only_one_side:
             lines.append(f"  {r.only_one_side}")
             continue
         lines.append(f"  verdicts: {r.same_verdicts} the same, {len(r.flips)} flipped")
+        if r.verdicts:
+            lines.append(f"    the same: {_same(r)}")
         for f in r.flips:
             lines.append(f"    FLIPPED {f['check']}: {f['today']} today, {f['candidate']} in the candidate"
                          + (f": {f['message']}" if f["message"] else "")
@@ -130,11 +150,14 @@ def text(c: Comparison) -> str:
 
 
 def markdown(c: Comparison) -> str:
-    """The same, for ``$GITHUB_STEP_SUMMARY``: one table of flips and moved metrics, then the rest."""
+    """The same, for ``$GITHUB_STEP_SUMMARY``: what failed, one row per recipe, then each recipe's
+    verdicts (every one, flips marked), moved metrics, structural facts, latency ratios and restores in
+    a collapsed section; warnings new in the candidate and the known failures last."""
+    versions = _versions(c)
     out = [f"### optcheck upgrade: {'FAIL' if c.failed else 'PASS'}", "",
-           f"Candidate: {_changes(c.candidate)}", ""]
+           f"Candidate: {_changes(c.candidate)}", "", _ledger_line(c).strip(), ""]
     if c.failed:
-        out += ["| what moved |", "| --- |", *(f"| {reason} |" for reason in c.reasons), ""]
+        out += ["| what moved |", "| --- |", *(f"| {_cell(reason)} |" for reason in c.reasons), ""]
     out += ["| recipe | verdicts same | flipped | metrics moved | outside tolerance | structure changed | restores |",
             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in c.recipes:
@@ -143,7 +166,47 @@ def markdown(c: Comparison) -> str:
         ok = sum(x.status in ("exact", "numerics") for x in judged)
         out.append(f"| `{r.path}` | {r.same_verdicts} | {len(r.flips)} | {len(moved)} | "
                    f"{sum(m.outside for m in r.metrics)} | {len(r.structure)} | {ok}/{len(judged)} old -> new |")
+    for r in c.recipes:
+        out += ["", f"<details><summary><code>{r.path}</code>"
+                f"{': ' + str(len(r.flips)) + ' flipped' if r.flips else ''}</summary>", ""]
+        if r.only_one_side:
+            out += [r.only_one_side, "", "</details>"]
+            continue
+        out += ["| check | today | candidate | |", "| --- | --- | --- | --- |",
+                *(f"| `{v['check'].split('::', 1)[-1]}` | {v['today']} | {v['candidate']} | "
+                  f"{'**FLIPPED**' if v['flipped'] else ''} |" for v in r.verdicts)]
+        moved = [m for m in r.metrics if m.delta not in (None, 0) or m.outside]
+        if moved:
+            out += ["", "| stage | metric | today | candidate | delta | ledger tolerance | |",
+                    "| --- | --- | ---: | ---: | ---: | --- | --- |",
+                    *(f"| {m.stage} | {m.metric} | {_value(m.metric, m.today)} | {_value(m.metric, m.candidate)} | "
+                      f"{_delta(m)} | {_tolerance(m)} | {'**OUTSIDE**' if m.outside else ''} |" for m in moved)]
+        else:
+            out += ["", "Metrics: every stage's identical."]
+        out.append("")
+        if r.structure:
+            out += [*(f"- structure `{x['stage']}.{x['fact']}`: {x['today']!r} -> {x['candidate']!r}"
+                          for x in r.structure)]
+        out += [f"- latency ratio `{x['check'].split('::', 1)[-1]}`: "
+                f"{'-' if x['today'] is None else format(x['today'], '.3f')} today, "
+                f"{'-' if x['candidate'] is None else format(x['candidate'], '.3f')} in the candidate"
+                for x in r.latency]
+        for writer, reader in (("today", "candidate"), ("candidate", "today")):
+            line = restore_line(r.restores, writer, reader, versions)
+            if line:
+                head, *bad = line.split("\n")
+                out += [f"- {head}", *(f"  - {_cell(b.strip())}" for b in bad)]
+        out += ["", "</details>"]
     if c.new_warnings:
         out += ["", "Warnings new in the candidate:", "",
-                *(f"- `{w['category']}`: {w['message']} (`{w['module']}`)" for w in c.new_warnings)]
+                *(f"- `{w['category']}`: {_cell(w['message'])} (`{w['module']}`)" for w in c.new_warnings)]
+    _, known, _ = c.judged()
+    if known:
+        out += ["", "Known failures (expected: optcheck-upgrades.toml):", "",
+                *(f"- {k['where']}: {k['ticket']}" for k in known)]
     return "\n".join(out) + "\n"
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell or list item: one line, no column breaks."""
+    return " ".join(str(text).split()).replace("|", "\\|")
