@@ -65,10 +65,12 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 def make_run(tmp_path: Path, body: str, *, checkpoint: Path | None = None, model: str = "net", cache=None,
-             name: str = "team") -> RecipeRun:
+             name: str = "team", model_lines: str = "", train_lines: str = "") -> RecipeRun:
+    """``model_lines`` / ``train_lines``: more keys for the recipe's [model] / [train] tables."""
     weights = f'checkpoint = "{checkpoint}"' if checkpoint is not None else ""
     path = tmp_path / f"{name}.toml"
-    path.write_text(HEAD.format(model=model, weights=weights) + body)
+    head = HEAD.format(model=model, weights=weights + "\n" + model_lines)
+    path.write_text(head.replace("[train]\n", "[train]\n" + train_lines, 1) + body)
     import tempfile
 
     return RecipeRun(load_recipe(path), device="cpu", seed=0, cache=cache, threads=1,
@@ -115,6 +117,63 @@ def test_the_baseline_is_loaded_from_the_checkpoint_not_trained(tmp_path, checkp
         assert torch.equal(base.model.state_dict()[name], tensor), name
     assert base.metrics.test_acc > 0.7
     assert verdicts(run) == {"baseline_accuracy_at_least": "passed", "size_below": "passed"}
+
+
+def test_a_factory_that_returns_a_trained_model_is_built_not_trained_and_keyed_by_its_weights(tmp_path, checkpoint):
+    """``model.pretrained = true``: no [train] run; the key holds the weights the factory returned, so new
+    weights behind an unchanged factory rebuild every stage (the factory's source alone would not)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    import team_code
+
+    weights = tmp_path / "registry" / "net.safetensors"
+    weights.parent.mkdir()
+    shutil.copy(checkpoint, weights)
+    lines = f'options = {{ weights = "{weights}" }}\npretrained = true\n'
+    team_code.CALLS.clear()
+    run = make_run(tmp_path, ONE_STEP, model="trained_net", model_lines=lines)
+    base = run.artifact("baseline")
+    assert "history" not in base.info and "a trained model from its factory" in base.info["loaded_from"]
+    for name, tensor in load_file(str(checkpoint)).items():
+        assert torch.equal(base.model.state_dict()[name], tensor), name
+    assert "fit" not in team_code.CALLS and base.metrics.test_acc > 0.7
+    assert verdicts(run) == {"baseline_accuracy_at_least": "passed", "size_below": "passed"}
+    keys = {s: m["key"] for s, m in run.keys.items()}
+    state = load_file(str(weights))
+    state["head.weight"] = state["head.weight"] * 1.01  # the team published new weights, same factory
+    save_file(state, str(weights))
+    again = make_run(tmp_path, ONE_STEP, model="trained_net", model_lines=lines, name="again")
+    assert all(again.keys[s]["key"] != keys[s] for s in keys)
+
+
+def test_a_trained_baseline_that_fails_the_floor_fails_it(tmp_path):
+    """The baseline floor still applies to a loaded checkpoint: untrained weights shipped by mistake."""
+    from safetensors.torch import save_file
+
+    import team_code
+
+    untrained = tmp_path / "untrained.safetensors"
+    save_file({k: v.contiguous() for k, v in team_code.net().state_dict().items()}, str(untrained))
+    got = verdicts(make_run(tmp_path, ONE_STEP, checkpoint=untrained))
+    assert "optcheck budget 'baseline_accuracy_at_least' failed" in got["baseline_accuracy_at_least"]
+
+
+def test_the_teams_train_function_trains_the_baseline_and_fine_tuning_inherits_it(tmp_path):
+    """``[train] function``: the baseline is trained by the team's loop (its return value kept as the
+    stage's history), and a finetune step without its own function uses the same loop."""
+    import team_code
+
+    body = '[[steps]]\nkind = "finetune"\nepochs = 1\n[budgets]\naccuracy_drop_under = 0.2\n'
+    team_code.CALLS.clear()
+    run = make_run(tmp_path, body, train_lines='function = "team_code:fit"\noptions = { lr = 0.003 }\n')
+    base = run.artifact("baseline")
+    assert base.info["history"] == {"epochs": 3, "distilling": False}  # fit's own return value
+    assert team_code.CALLS.get("fit") == 1 and base.metrics.test_acc > 0.5
+    tuned = run.artifact("finetuned")
+    assert team_code.CALLS.get("fit") == 2 and tuned.info["history"] == {"epochs": 1, "distilling": False}
+    assert verdicts(run) == {"baseline_accuracy_at_least": "passed", "accuracy_drop_under": "passed"}
 
 
 def test_a_checkpoint_pins_the_split_so_no_seed_tests_on_its_training_images(tmp_path, checkpoint):
@@ -297,6 +356,39 @@ def test_a_lower_is_better_metric_made_worse_fails_in_its_direction_with_its_int
     # the same budgets on an undamaged copy pass: the detector's other side
     clean = make_run(tmp_path, body.replace("std = 0.2", "std = 0.0"), checkpoint=checkpoint, name="clean")
     assert all(v == "passed" for v in verdicts(clean).values()), verdicts(clean)
+
+
+def test_a_relative_metric_drop_is_a_share_of_the_baseline_in_the_bad_direction(tmp_path, checkpoint):
+    """``metric_drop_under = { brier = "N%" }`` (NNCF's relative drop): the limit is N% of the baseline's
+    value; the damaged model's Brier score rose by a share r of it, so r/2 fails and 2r passes."""
+    damaged = METRICS + CUSTOM.format(stage="damaged", function="damage", checkpoint="state_dict",
+                                      extra="options = { std = 0.15 }")
+    probe = make_run(tmp_path, damaged + '[budgets]\nmetric_drop_under = { brier = "1%" }\n', checkpoint=checkpoint,
+                     name="probe")
+    base, dmg = probe.artifact("baseline").metrics.extra["brier"], probe.artifact("damaged").metrics.extra["brier"]
+    share = (dmg - base) / base * 100
+    assert 10 < share < 50, share  # worse is higher for Brier: a clear rise
+    tight = make_run(tmp_path, damaged + f'[budgets]\nmetric_drop_under = {{ brier = "{share / 2:.1f}%" }}\n',
+                     checkpoint=checkpoint, name="tight")
+    message = verdicts(tight)["metric_drop_under[brier]"]
+    assert "optcheck budget 'metric_drop_under[brier]' failed" in message and f"{share / 2:.1f}%" in message
+    loose = make_run(tmp_path, damaged + f'[budgets]\nmetric_drop_under = {{ brier = "{share * 2:.1f}%" }}\n',
+                     checkpoint=checkpoint, name="loose")
+    assert verdicts(loose) == {"baseline_accuracy_at_least": "passed", "metric_drop_under[brier]": "passed"}
+    with pytest.raises(RecipeError, match=r"field 'budgets\.metric_drop_under\.brier': '150%' must be a percentage"):
+        make_run(tmp_path, damaged + '[budgets]\nmetric_drop_under = { brier = "150%" }\n', name="over")
+
+
+@pytest.mark.parametrize(("budget", "metric", "fix"), [("metric_at_least", "brier", "metric_at_most.brier"),
+                                                       ("metric_at_most", "f1", "metric_at_least.f1")])
+def test_a_bound_on_a_metrics_good_side_is_refused_with_the_other_bound_as_the_fix(tmp_path, budget, metric, fix):
+    path = tmp_path / "team.toml"
+    path.write_text(HEAD.format(model="net", weights="") + METRICS + ONE_STEP.replace(
+        "[budgets]\n", f"[budgets]\n{budget} = {{ {metric} = 0.5 }}\n"))
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    message = str(info.value)
+    assert f"budgets.{budget}.{metric}" in message and f"use {fix}" in message
 
 
 def test_single_number_metrics_get_a_point_verdict_that_says_so_and_flags_get_newcombe(tmp_path, checkpoint):
@@ -488,6 +580,27 @@ def test_a_compression_function_that_returns_the_model_unchanged_fails_the_size_
     quantized = verdicts(make_run(tmp_path, body.replace("unchanged", "quantize_int8"), checkpoint=checkpoint,
                                   name="q"))
     assert quantized["size_below"] == "passed"  # the detector's other side
+
+
+def test_onnx_parity_and_latency_judge_a_custom_steps_model_like_a_built_in_ones(tmp_path, checkpoint):
+    """The team's own pruning (Torch-Pruning, halved channels) exported to ONNX and timed against the
+    baseline in onnxruntime; the other side of each detector: a parity limit no float export meets, and a
+    speed-up an unchanged model cannot show."""
+    latency = '[latency]\nruntime = "onnxruntime"\nrounds = 60\nwarmup_rounds = 10\n'
+    budgets = ("[budgets]\nonnx_max_abs_diff = 1e-4\nonnx_top1_agreement = 0.99\n"
+               "latency_ratio_below = 1.5\n")
+    halved = make_run(tmp_path, CUSTOM.format(stage="compressed", function="halve_channels",
+                                              checkpoint="torch_pruning", extra="") + budgets + latency,
+                      checkpoint=checkpoint)
+    assert verdicts(halved) == {"baseline_accuracy_at_least": "passed", "onnx_max_abs_diff": "passed",
+                                "onnx_top1_agreement": "passed", "latency_ratio_below": "passed"}
+    strict = make_run(tmp_path, CUSTOM.format(stage="compressed", function="unchanged", checkpoint="modelopt",
+                                              extra="") + "[budgets]\nonnx_max_abs_diff = 1e-12\n"
+                      "speedup_at_least = 1.5\n" + latency, checkpoint=checkpoint, name="strict")
+    got = verdicts(strict)
+    assert "optcheck budget 'onnx_max_abs_diff' failed" in got["onnx_max_abs_diff"]
+    assert "max |diff|" in got["onnx_max_abs_diff"]
+    assert "optcheck budget 'speedup_at_least' failed" in got["speedup_at_least"]
 
 
 def test_a_compression_function_that_returns_nothing_names_itself(tmp_path, checkpoint):

@@ -175,12 +175,33 @@ def stage_keys(recipe, data_bundle, device, seed: int,
                 "model": recipe.model.model_dump(exclude={"checkpoint"}), "model_factory": source_digest(recipe.model.name),
                 "train": recipe.train.model_dump(), "metrics": metrics_material(recipe),
                 "team_code": team_code(recipe.train.model_dump()), **extra,
+                **({"trained_weights": trained_weights(recipe, data_bundle, seed)} if recipe.model.pretrained else {}),
             })
             continue
         table = stage.step.model_dump(exclude={"name"})
         add(stage.name, {"after": out[stage.parent]["key"], "kind": stage.kind.kind, "step": table,
                          "team_code": team_code(table), **extra})
     return out
+
+
+def trained_weights(recipe, data_bundle, seed: int) -> str:
+    """The weights a ``model.pretrained`` factory returns, hashed (names, dtypes, shapes, bytes): the
+    factory reads them from somewhere its source does not show (a file, a registry), so its source hash
+    alone would keep a stale baseline when the team ships new weights. Costs one factory call per key."""
+    import hashlib
+
+    import torch
+
+    from optcheck.build.models import build_model
+
+    model = build_model(recipe.model, data_bundle.num_classes, data_bundle.input_shape[0], seed=seed,
+                        path=str(recipe.path))
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def team_code(table: dict[str, Any]) -> dict[str, str | None]:

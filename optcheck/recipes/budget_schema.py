@@ -89,7 +89,7 @@ class StageBudgets(_Strict):
                 try:
                     check_limit(limit)
                 except ValueError as exc:
-                    raise ValueError(f"@metric_drop_under.{name}: {exc} || fix: an amount >= 0, or 'N%' of the "
+                    raise ValueError(f"@{name}: {exc} || fix: an amount >= 0, or 'N%' of the "
                                      "baseline's value") from None
         return v
 

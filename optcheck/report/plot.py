@@ -56,10 +56,19 @@ def _team_panel(ax, r: dict[str, Any], stages: dict[str, dict], primary: dict[st
                    zorder=3, label=f"{stage}: {name} {ys[position]:.4g}, {xs[position]:.1f}M FLOPs")
     budgets = r.get("budgets", {})
     limit = budgets.get(f"metric_drop_under[{name}]")
-    if isinstance(limit, (int, float)):
-        bound = ys[0] - limit if better == "higher" else ys[0] + limit
+    allowed = None
+    if isinstance(limit, (int, float)) and not isinstance(limit, bool):
+        allowed, written = float(limit), f"{limit:g}"
+    elif isinstance(limit, str):  # "N%": a share of the baseline's value (a relative drop)
+        from optcheck.core.limits import parse_percent
+
+        fraction = parse_percent(limit)
+        if fraction is not None:
+            allowed, written = fraction * abs(ys[0]), limit
+    if allowed is not None:
+        bound = ys[0] - allowed if better == "higher" else ys[0] + allowed
         ax.axhline(bound, color="tab:purple", linestyle=":", linewidth=1.2,
-                   label=f"{name} {'floor' if better == 'higher' else 'ceiling'}: {bound:.4g} (drop < {limit:g})")
+                   label=f"{name} {'floor' if better == 'higher' else 'ceiling'}: {bound:.4g} (drop < {written})")
     fl = flops_limit(budgets.get("flops_below"), stages[next(iter(stages))]["flops"])
     if fl is not None:
         ax.axvline(fl / 1e6, color="tab:red", linestyle="--", linewidth=1.2, label=f"FLOPs budget: {fl / 1e6:.1f}M")

@@ -31,8 +31,10 @@ def test_the_pruned_subnet_restores_from_its_checkpoint(optcheck_artifacts, optc
 
 
 def test_our_fastnas_search_on_our_model_reaches_its_target():
-    """The team's own mtp.prune call, Model Optimizer imported before optcheck: optcheck (its plugin, or
-    any import of it) patches torchprofile for it (torchprofile 0.1 broke Model Optimizer's FLOPs count)."""
+    """The team's own mtp.prune call. It works because the optcheck plugin, loaded by pytest before any
+    test runs, installs an import hook that patches torchprofile when modelopt is imported (torchprofile
+    0.1 broke Model Optimizer's FLOPs count); optcheck's own tests prove it in a test file that imports
+    no optcheck at all (tests/test_own_pipeline.py, TEAMS_OWN_PRUNE)."""
     import modelopt.torch.prune as mtp
 
     from acme.model import make_net
