@@ -73,6 +73,24 @@ def test_calibration_entries_centre_on_the_range_and_flag_a_moving_architecture(
     assert any("should be exact" in p for p in cal.problems)
 
 
+def test_a_teams_metrics_are_calibrated_like_accuracy_absolute_with_a_floor():
+    """``[[metrics]]`` values (the stages' ``extra``) get entries, absolute tolerances (margin x half the
+    range, at least 1% of the value and 1e-4) and observed ranges; a metric some runs lack is left out."""
+    runs = _runs([500, 500])
+    for run, ece, brier in zip(runs, (0.060, 0.064), (0.02, 0.02)):
+        run["stages"]["pruned"]["extra"] = {"ece": ece, "brier": brier}
+    runs[0]["stages"]["pruned"]["extra"]["only_once"] = 1.0
+    cal = calibration_entries("tiny", "cpu", runs, ["baseline", "pruned"], lambda s: s == "baseline")
+    pruned = cal.entries["pruned"]
+    assert pruned["ece"] == pytest.approx(0.062) and pruned["observed"]["ece"] == [0.06, 0.064]
+    assert pruned["tolerance"]["ece"] == pytest.approx(MARGIN * 0.002, rel=1e-3)
+    assert pruned["tolerance"]["brier"] == pytest.approx(0.01 * 0.02, rel=1e-3)  # no spread: the 1% floor
+    assert "only_once" not in pruned and "ece" not in cal.entries["baseline"] and cal.problems == []
+    # the floors: 1% of the value, and never below 1e-4
+    assert derive("ece", [0.5, 0.5], exact=False, test_n=360).tolerance == pytest.approx(0.005)
+    assert derive("tiny", [1e-6, 1e-6], exact=False, test_n=360).tolerance == pytest.approx(1e-4)
+
+
 LEDGER = """\
 # our team's ledger: keep this comment
 [tiny.cpu.baseline]

@@ -102,8 +102,6 @@ def derive(metric: str, values: list[float], *, exact: bool, test_n: int) -> Der
         ref = float(round(ref))
     dev = max(abs(v - ref) for v in values)
     if metric not in ("test_acc", "flops", "params", "ckpt_bytes"):  # a team metric: absolute, as accuracy
-        ref = (lo + hi) / 2
-        dev = max(abs(v - ref) for v in values)
         return Derived(ref, _round_up(max(METRIC_FLOOR * abs(ref), 1e-4, MARGIN * dev)), (lo, hi))
     if metric == "test_acc":
         tol = max(ACC_FLOOR_IMAGES / max(test_n, 1), MARGIN * dev)
